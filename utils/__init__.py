@@ -1,0 +1,1 @@
+"""BN-NAS shared library: search spaces, FLOPs tables, indicator, data, training runtime."""

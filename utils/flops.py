@@ -1,0 +1,215 @@
+"""FLOPs (multiply-accumulates) and parameter lookup tables, and the `flops.py` CLI.
+
+A table is built once per space config by profiling every candidate op at its input
+resolution (on the meta device: shapes only, no arithmetic), saved as JSON, and an
+architecture's cost is then the sum of its entries. `FlopsTable.flops_of(archs)` scores
+a whole batch of architectures with one numpy gather.
+
+    python3 utils/flops.py --space mobilenet --arch "3 -1 0 4 0 -1 -1 0 4 -1 4 4 1 4 2 0 0 4 0 2 2"
+"""
+from __future__ import annotations
+
+if __package__ in (None, ""):  # run as a script: make `utils` importable
+    import os as _os
+    import sys as _sys
+    _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
+    __package__ = "utils"
+
+import argparse
+import json
+import os
+import tempfile
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from utils.spaces import SearchSpace, SpaceConfig, get_space
+from utils.spaces.base import conv_out
+
+TABLE_VERSION = 1
+
+
+def table_dir() -> str:
+    from utils.cli import REPO_ROOT
+    return os.environ.get("BNNAS_TABLE_DIR", os.path.join(REPO_ROOT, "data", "flops_tables"))
+
+
+def count(module: nn.Module, input_shape: Sequence[int], linear_flops) -> tuple[int, int]:
+    """(MACs, params) of one forward at `input_shape` (batch 1).
+
+    Convs count out_elements * in/groups * k*k; linears use `linear_flops(in, out)`;
+    BN, activations, pooling and residual adds are free, as in the papers' tables.
+    """
+    macs = 0
+
+    def on_conv(m: nn.Conv2d, _inp, out):
+        nonlocal macs
+        kh, kw = m.kernel_size
+        macs += out.numel() * (m.in_channels // m.groups) * kh * kw
+
+    def on_linear(m: nn.Linear, _inp, out):
+        nonlocal macs
+        macs += (out.numel() // m.out_features) * linear_flops(m.in_features, m.out_features)
+
+    hooks = [m.register_forward_hook(on_conv if isinstance(m, nn.Conv2d) else on_linear)
+             for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        was_training = module.training
+        module.eval()
+        with torch.no_grad():
+            module(torch.empty(*input_shape, device=next(module.parameters()).device))
+        module.train(was_training)
+    finally:
+        for h in hooks:
+            h.remove()
+    params = sum(p.numel() for p in module.parameters())
+    return int(macs), int(params)
+
+
+def _table_key(config: SpaceConfig) -> dict:
+    # Forced skips do not change any entry, so one table serves every depth setting.
+    d = config.to_dict()
+    d.pop("fixed_skips")
+    return d
+
+
+class FlopsTable:
+    """Per-layer, per-op costs. Column -1 (the last) is the skip, which costs nothing."""
+
+    def __init__(self, key: dict, base_flops: int, base_params: int,
+                 flops: np.ndarray, params: np.ndarray, entries: list[dict] | None = None):
+        self.key = key
+        self.base_flops, self.base_params = int(base_flops), int(base_params)
+        self.flops = np.asarray(flops, dtype=np.int64)
+        self.params = np.asarray(params, dtype=np.int64)
+        self.entries = entries or []
+
+    # ---- building ------------------------------------------------------------------
+    @classmethod
+    def build(cls, space: SearchSpace) -> "FlopsTable":
+        cfg = space.config
+        lf = space.linear_flops
+        n_ops = space.num_ops
+        flops = np.zeros((space.num_layers, n_ops + 1), dtype=np.int64)
+        params = np.zeros_like(flops)
+        entries = []
+        with torch.device("meta"):
+            stem_f, stem_p = count(space.make_stem(), (1, 3, cfg.input_size, cfg.input_size), lf)
+            last = space.layers[-1]
+            res = conv_out(last.resolution, last.stride)
+            head_f, head_p = count(space.make_head(0.0), (1, last.out, res, res), lf)
+            for spec in space.layers:
+                for op in range(n_ops):
+                    shape = (1, spec.inp, spec.resolution, spec.resolution)
+                    flops[spec.index, op], params[spec.index, op] = count(
+                        space.make_op(spec, op), shape, lf)
+                entries.append(dict(inp=spec.inp, out=spec.out, h=spec.resolution,
+                                    w=spec.resolution, stride=spec.stride))
+        return cls(_table_key(cfg), stem_f + head_f, stem_p + head_p, flops, params, entries)
+
+    def to_json(self) -> dict:
+        return dict(version=TABLE_VERSION, key=self.key, base_flops=self.base_flops,
+                    base_params=self.base_params, layers=[
+                        dict(**e, flops=self.flops[i, :-1].tolist(),
+                             params=self.params[i, :-1].tolist())
+                        for i, e in enumerate(self.entries)])
+
+    @classmethod
+    def from_json(cls, d: dict) -> "FlopsTable":
+        layers = d["layers"]
+        flops = np.array([l["flops"] + [0] for l in layers], dtype=np.int64)
+        params = np.array([l["params"] + [0] for l in layers], dtype=np.int64)
+        entries = [{k: l[k] for k in ("inp", "out", "h", "w", "stride")} for l in layers]
+        return cls(d["key"], d["base_flops"], d["base_params"], flops, params, entries)
+
+    def save(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.to_json(), f, indent=1)
+        os.replace(tmp, path)
+
+    # ---- querying ------------------------------------------------------------------
+    def _gather(self, table: np.ndarray, archs) -> np.ndarray:
+        a = np.asarray(archs, dtype=np.int64)
+        single = a.ndim == 1
+        a = np.atleast_2d(a)
+        # op -1 indexes the last column (the zero-cost skip) by numpy's own rules.
+        out = table[np.arange(a.shape[1]), a].sum(axis=1)
+        return out[0] if single else out
+
+    def flops_of(self, archs) -> np.ndarray | int:
+        """MACs of one architecture (int) or of a [N, layers] batch (int64 array)."""
+        out = self.base_flops + self._gather(self.flops, archs)
+        return int(out) if np.ndim(out) == 0 else out
+
+    def params_of(self, archs) -> np.ndarray | int:
+        out = self.base_params + self._gather(self.params, archs)
+        return int(out) if np.ndim(out) == 0 else out
+
+
+def table_path(config: SpaceConfig, directory: str | None = None) -> str:
+    k = _table_key(config)
+    name = (f"{k['space']}_in{k['input_size']}_w{k['width_mult']:g}_c{k['classes']}"
+            f"_s{k['stem_stride']}.json")
+    return os.path.join(directory or table_dir(), name)
+
+
+def load_table(config: SpaceConfig, directory: str | None = None, rebuild: bool = False) -> FlopsTable:
+    """Load the table of `config`, building (and saving) it when absent, stale or corrupt."""
+    path = table_path(config, directory)
+    if not rebuild and os.path.exists(path):
+        try:
+            with open(path) as f:
+                d = json.load(f)
+            if d.get("version") == TABLE_VERSION and d.get("key") == _table_key(config):
+                return FlopsTable.from_json(d)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable or stale: rebuild below
+    table = FlopsTable.build(get_space(config))
+    try:
+        table.save(path)
+    except OSError:
+        pass  # a read-only checkout still works; the table is just rebuilt next time
+    return table
+
+
+def main(argv=None) -> None:
+    from utils.cli import add_space_args, config_from_args, main_guard
+
+    @main_guard
+    def run():
+        p = argparse.ArgumentParser(description="FLOPs and parameters of a BN-NAS architecture.")
+        add_space_args(p)
+        p.add_argument("--arch", required=False, help='op indices, e.g. "3 -1 0 4 ..." (-1 = skip)')
+        p.add_argument("--json", action="store_true", help='print {"flops": int, "params": int}')
+        p.add_argument("--build", action="store_true",
+                       help="(re)build and save the lookup table of this config, then exit")
+        p.add_argument("--table-dir", default=None, help=f"table folder (default: {table_dir()})")
+        args = p.parse_args(argv)
+        cfg = config_from_args(args)
+        space = get_space(cfg)
+        if args.build:
+            table = load_table(cfg, args.table_dir, rebuild=True)
+            print(f"wrote {table_path(cfg, args.table_dir)} "
+                  f"({space.num_layers} layers x {space.num_ops} ops)")
+            return
+        if args.arch is None:
+            p.error("--arch is required (or use --build)")
+        arch = space.parse(args.arch)
+        table = load_table(cfg, args.table_dir)
+        flops, params = table.flops_of(arch), table.params_of(arch)
+        if args.json:
+            print(json.dumps({"flops": flops, "params": params}))
+        else:
+            print(f"{cfg.describe()}\narch:   {space.format(arch)}\n"
+                  f"FLOPs:  {flops / 1e6:.2f}M ({flops:,} multiply-adds)\n"
+                  f"Params: {params / 1e6:.2f}M ({params:,})")
+
+    run()
+
+
+if __name__ == "__main__":
+    main()
