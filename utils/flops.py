@@ -31,9 +31,16 @@ from utils.spaces.base import conv_out
 TABLE_VERSION = 1
 
 
-def table_dir() -> str:
+def committed_dir() -> str:
+    """Tables shipped with the repo (ImageNet settings, from get_flops_lookup_table.sh)."""
     from utils.cli import REPO_ROOT
-    return os.environ.get("BNNAS_TABLE_DIR", os.path.join(REPO_ROOT, "data", "flops_tables"))
+    return os.path.join(REPO_ROOT, "data", "flops_tables")
+
+
+def table_dir() -> str:
+    """Where tables built on demand are cached (outside the checkout by default)."""
+    default = os.path.join(os.path.expanduser("~"), ".cache", "bnnas", "flops_tables")
+    return os.environ.get("BNNAS_TABLE_DIR", default)
 
 
 def count(module: nn.Module, input_shape: Sequence[int], linear_flops) -> tuple[int, int]:
@@ -157,22 +164,33 @@ def table_path(config: SpaceConfig, directory: str | None = None) -> str:
     return os.path.join(directory or table_dir(), name)
 
 
+def _read(path: str, config: SpaceConfig) -> FlopsTable | None:
+    try:
+        with open(path) as f:
+            d = json.load(f)
+        if d.get("version") == TABLE_VERSION and d.get("key") == _table_key(config):
+            return FlopsTable.from_json(d)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # missing, unreadable or stale: the caller rebuilds
+    return None
+
+
 def load_table(config: SpaceConfig, directory: str | None = None, rebuild: bool = False) -> FlopsTable:
-    """Load the table of `config`, building (and saving) it when absent, stale or corrupt."""
-    path = table_path(config, directory)
-    if not rebuild and os.path.exists(path):
-        try:
-            with open(path) as f:
-                d = json.load(f)
-            if d.get("version") == TABLE_VERSION and d.get("key") == _table_key(config):
-                return FlopsTable.from_json(d)
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # unreadable or stale: rebuild below
+    """Load the table of `config`, building (and saving) it when absent, stale or corrupt.
+
+    Without `directory`, a table shipped in data/flops_tables wins, then the cache.
+    """
+    places = [directory] if directory else [committed_dir(), table_dir()]
+    if not rebuild:
+        for place in places:
+            table = _read(table_path(config, place), config)
+            if table is not None:
+                return table
     table = FlopsTable.build(get_space(config))
     try:
-        table.save(path)
+        table.save(table_path(config, directory or table_dir()))
     except OSError:
-        pass  # a read-only checkout still works; the table is just rebuilt next time
+        pass  # a read-only home still works; the table is just rebuilt next time
     return table
 
 
@@ -187,13 +205,15 @@ def main(argv=None) -> None:
         p.add_argument("--json", action="store_true", help='print {"flops": int, "params": int}')
         p.add_argument("--build", action="store_true",
                        help="(re)build and save the lookup table of this config, then exit")
-        p.add_argument("--table-dir", default=None, help=f"table folder (default: {table_dir()})")
+        p.add_argument("--table-dir", default=None,
+                       help="table folder (default: data/flops_tables if the table is there, "
+                            "else the cache $BNNAS_TABLE_DIR or ~/.cache/bnnas/flops_tables)")
         args = p.parse_args(argv)
         cfg = config_from_args(args)
         space = get_space(cfg)
         if args.build:
             table = load_table(cfg, args.table_dir, rebuild=True)
-            print(f"wrote {table_path(cfg, args.table_dir)} "
+            print(f"wrote {table_path(cfg, args.table_dir or table_dir())} "
                   f"({space.num_layers} layers x {space.num_ops} ops)")
             return
         if args.arch is None:
