@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Show a search log's best architectures (stage 2, step 3.5 of the reference README).
+
+    cd search && python3 eval.py [--log-dir log] [--topk 10] [--json]
+
+Reads log/ea_results.json (or ea_results.pth.tar, ours or the reference release's) and
+prints every logged candidate plus the exact optimum, deduplicated, best score first:
+the architecture string (ready for retrain's --model_id), score, FLOPs and params.
+The first line is what retrain's --arch-from LOG_DIR picks (utils.search_log.best_arch).
+"""
+import argparse
+import json
+import os
+import sys
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from utils.cli import UserError, main_guard  # noqa: E402
+from utils.search_log import load_log, ranked  # noqa: E402
+
+
+def _m(x) -> str:
+    return "-" if x is None else f"{x / 1e6:.2f}M"
+
+
+@main_guard
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Print the top architectures of a search log.")
+    p.add_argument("--log-dir", "--log_dir", dest="log_dir", default="log",
+                   help="search log folder (or a log file) (default: log)")
+    p.add_argument("--topk", type=int, default=10, help="how many to show (default: 10)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: {config, score_kind, flops_limit, top: [...]}")
+    args = p.parse_args(argv)
+    if args.topk < 1:
+        raise UserError(f"--topk must be >= 1, got {args.topk}")
+    log = load_log(args.log_dir)
+    top = ranked(log)[:args.topk]
+    for c in top:
+        c["arch_str"] = " ".join(map(str, c["arch"]))
+    if args.json:
+        print(json.dumps(dict(log_dir=args.log_dir, source=log.get("source"),
+                              config=log.get("config"), score_kind=log.get("score_kind"),
+                              flops_limit=log.get("flops_limit"), top=top)))
+        return
+    kind = log.get("score_kind")
+    what = {"indicator": "BN indicator", "accuracy": "top-1 %"}.get(kind, "score")
+    print(f"{args.log_dir}: {len(log.get('candidates') or [])} candidates "
+          f"({what}; source {log.get('source')})")
+    if not top:
+        print("no scored candidates")
+        return
+    print(f"{'#':>3}  {'architecture (--model_id)':<{max(len(c['arch_str']) for c in top)}}  "
+          f"{'score':>9}  {'FLOPs':>9}  {'params':>7}  found by")
+    for i, c in enumerate(top):
+        gen = "" if c.get("generation") is None else f" (gen {c['generation']})"
+        print(f"{i + 1:>3}  {c['arch_str']}  {c['score']:>9.4f}  {_m(c.get('flops')):>9}  "
+              f"{_m(c.get('params')):>7}  {c['found_by']}{gen}")
+
+
+if __name__ == "__main__":
+    main()
