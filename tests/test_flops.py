@@ -12,7 +12,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tests.conftest import ROOT, run_env
-from utils.flops import FlopsTable, load_table, table_path
+from utils.flops import FlopsTable, committed_dir, load_table, table_path
 from utils.spaces import get_space, make_config
 
 PUBLISHED = [  # SPEC.md section 4
@@ -108,7 +108,7 @@ def test_table_json_roundtrip_and_rebuild(tmp_path):
 def test_committed_imagenet_tables_are_current():
     for name in ("mobilenet", "shufflenet"):
         space = get_space(name)
-        path = table_path(space.config)
+        path = table_path(space.config, committed_dir())
         assert os.path.exists(path), f"run utils/get_flops_lookup_table.sh ({path} missing)"
         with open(path) as f:
             saved = FlopsTable.from_json(json.load(f))

@@ -1,0 +1,513 @@
+"""Stage 3: retrain the found architecture from scratch, or evaluate a retrained checkpoint.
+
+    torchrun --nproc_per_node=8 retrain/train_from_scratch.py \
+        --train_dir /data/imagenet/train --test_dir /data/imagenet/val --arch-from search/log
+    python3 -m torch.distributed.launch --nproc_per_node=8 retrain/train_from_scratch.py \
+        --train_dir ... --test_dir ... --model_id "3 -1 0 4 0 -1 -1 0 4 -1 4 4 1 4 2 0 0 4 0 2 2"
+    python3 retrain/train_from_scratch.py --eval --eval-resume eval-retrain/best.pth.tar \
+        --test_dir /data/imagenet/val
+
+Everything goes to `eval-<--save>/` (checkpoint.pth.tar, best.pth.tar, metrics.jsonl,
+log.txt, result.json); rerunning the same command resumes (a finished run reports its
+result and exits 0).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+if __package__ in (None, ""):
+    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if _root not in sys.path:
+        sys.path.insert(0, _root)
+
+import torch
+
+from utils import checkpoint as ckpt
+from utils.cli import UserError, add_space_args, main_guard
+from utils.data import DEFAULT_INPUT_FORMAT, add_data_args, build_train_loader, build_val_loader
+from utils.dist import (DistEnv, add_launcher_args, all_gather_objects, all_reduce_sum, barrier,
+                        cleanup, describe, setup)
+from utils.engine import (Amp, GracefulStop, MetricsLogger, ProgressBar, Timer, add_amp_args,
+                          resolve_channels_last, rng_state, seed_everything, set_rng_state)
+from utils.flops import load_table
+from utils.spaces import SpaceConfig, get_space
+from utils.subnet_io import (SubnetCheckpoint, arch_from_log, load_subnet_state, published_arch,
+                             read_subnet_checkpoint, resolve_config, subnet_state,
+                             unset_space_defaults)
+from utils.subnet_train import SubnetTrainer, sync_buffers
+from utils.validate import EvalResult, evaluate
+
+# Settings that fix which samples and LR each iteration gets: a checkpoint made with other
+# values cannot be continued exactly, so resuming with them changed is refused.
+RUN_DEFINING = ("seed", "batch_size", "total_iters", "steps_per_epoch")
+HYPER = ("learning_rate", "momentum", "weight_decay", "grad_clip", "label_smooth", "amp",
+         "dropout")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Retrain a BN-NAS subnet from scratch (or evaluate one with --eval).",
+        epilog="Space flags not given come from the search log (--arch-from) or the evaluated "
+               "checkpoint, else the ImageNet defaults; --classes then defaults to the number "
+               "of class folders of the data. When resuming or evaluating, --input-format "
+               "defaults to the checkpoint's (bgr255 for the reference's checkpoints).")
+    p.add_argument("--train_dir", "--train-dir", dest="train_dir", default=None,
+                   help="ImageFolder training set (<dir>/<class>/<image>)")
+    p.add_argument("--test_dir", "--test-dir", dest="test_dir", default=None,
+                   help="ImageFolder validation set")
+    p.add_argument("--model_id", "--model-id", dest="model_id", default=None,
+                   help='architecture, e.g. "3 -1 0 4 ..." (-1 = skip); default: the '
+                        "published one of the space (BN-NAS for mobilenet)")
+    p.add_argument("--arch-from", "--arch_from", dest="arch_from", default=None,
+                   metavar="LOG_DIR",
+                   help="retrain the best architecture of this search log; space flags "
+                        "not given come from the log")
+    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=1024,
+                   help="GLOBAL batch size, split evenly over the processes; validation "
+                        "uses the same per-process batch (default: 1024)")
+    p.add_argument("--learning_rate", "--learning-rate", dest="learning_rate", type=float,
+                   default=0.5, help="initial LR, decayed linearly to 0 per iteration "
+                                     "(default: 0.5)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
+    p.add_argument("--weight_decay", "--weight-decay", dest="weight_decay", type=float,
+                   default=4e-5, help="on conv and classifier weights only (default: 4e-5)")
+    p.add_argument("--epochs", type=int, default=240, help="(default: 240)")
+    p.add_argument("--total_iters", "--total-iters", dest="total_iters", type=int, default=None,
+                   help="number of iterations; overrides --epochs")
+    p.add_argument("--save", default=None,
+                   help="run name: outputs go to eval-NAME/ (default NAME: retrain)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds init, data order, augmentation, dropout (default: 0)")
+    p.add_argument("--grad_clip", "--grad-clip", dest="grad_clip", type=float, default=5.0,
+                   help="clip the gradient norm (0 = off) (default: 5)")
+    p.add_argument("--label_smooth", "--label-smooth", dest="label_smooth", type=float,
+                   default=0.1, help="(default: 0.1)")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="dropout before the classifier (default: the space's, 0.2 mobilenet, "
+                        "0.1 shufflenet)")
+    p.add_argument("--report_freq", "--report-freq", dest="report_freq", type=int, default=50,
+                   help="iterations between progress/metrics updates, the only host syncs "
+                        "(default: 50)")
+    p.add_argument("--eval-freq", "--eval_freq", dest="eval_freq", type=int, default=None,
+                   help="iterations between validations (default: once per epoch); also at "
+                        "the end")
+    p.add_argument("--stop-after", "--stop_after", dest="stop_after", type=int, default=0,
+                   help="save and exit after N iterations in this invocation (time-limited "
+                        "jobs); rerun to continue")
+    p.add_argument("--eval", action="store_true",
+                   help="only evaluate --eval-resume on --test_dir")
+    p.add_argument("--eval-resume", "--eval_resume", dest="eval_resume", default=None,
+                   help="checkpoint to evaluate: this project's or the reference's retrained "
+                        "one (needs --model_id) (default: eval-NAME/best.pth.tar)")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda (one GPU per process) (default: auto)")
+    add_data_args(p)
+    add_amp_args(p)
+    add_space_args(p, classes_default=None)
+    add_launcher_args(p)
+    # Unset space flags and input format fall back to the search log / checkpoint.
+    unset_space_defaults(p)
+    p.set_defaults(input_format=None)
+    args = p.parse_args(argv)
+    for name in ("batch_size", "epochs", "report_freq"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    for name in ("total_iters", "eval_freq"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    if args.model_id is not None and args.arch_from is not None:
+        raise UserError("give either --model_id or --arch-from, not both")
+    if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
+        raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
+    return args
+
+
+# ---- architecture and config -----------------------------------------------------------
+
+def _count_class_dirs(root: str | None) -> int | None:
+    if not root or not os.path.isdir(root):
+        return None  # the data loader reports what is wrong with it
+    n = sum(1 for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    return n or None
+
+
+def choose_arch(args: argparse.Namespace, data_classes: int | None,
+                loaded: SubnetCheckpoint | None = None) -> tuple[tuple[int, ...], SpaceConfig, str]:
+    """(architecture, space config, where the architecture came from).
+
+    Priority: --arch-from (config from the log), --model_id, the evaluated checkpoint's
+    own architecture, the space's published one. Space flags given always win.
+    """
+    base, text, arch, source = None, None, None, ""
+    if args.arch_from:
+        arch, base = arch_from_log(args.arch_from)
+        source = f"best of search log {args.arch_from}"
+    elif args.model_id is not None:
+        text, source = args.model_id, "--model_id"
+    if loaded is not None and loaded.kind == "subnet":
+        base = base or loaded.config
+        if arch is None and text is None:
+            arch, source = loaded.arch, f"checkpoint {loaded.path}"
+    cfg = resolve_config(args, base, data_classes)
+    space = get_space(cfg)
+    if text is not None:
+        arch = space.parse(text)
+    elif arch is None:
+        if loaded is not None:
+            raise UserError(f"{loaded.path} is a reference checkpoint, which does not record "
+                            f"its architecture: give it with --model_id")
+        try:
+            arch = space.parse(published_arch(cfg.space))
+        except ValueError as e:
+            raise UserError(f"the default architecture (the published {cfg.space} one) does "
+                            f"not fit {cfg.describe()} ({e}): give --model_id or "
+                            f"--arch-from") from None
+        source = "published architecture (default)"
+    else:
+        arch = space.validate(arch)
+    return tuple(arch), cfg, source
+
+
+class RunLog:
+    """Rank 0 prints, and keeps a copy in eval-NAME/log.txt as the reference did."""
+
+    def __init__(self, env: DistEnv, path: str | None):
+        self.env, self.path = env, path
+
+    def __call__(self, text: str, echo: bool = True) -> None:
+        if not self.env.is_main:
+            return
+        if echo:
+            print(text, flush=True)
+        if self.path:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            with open(self.path, "a") as f:
+                for line in text.splitlines():
+                    f.write(f"{stamp} {line}\n")
+
+
+def describe_arch(space, arch, cfg: SpaceConfig, source: str) -> str:
+    table = load_table(cfg)
+    flops, params = table.flops_of(arch), table.params_of(arch)
+    return (f"architecture: {space.format(arch)}  ({source})\n"
+            f"space: {cfg.describe()}\n"
+            f"FLOPs: {flops / 1e6:.2f}M  params: {params / 1e6:.2f}M (lookup table)")
+
+
+def _val_progress(env: DistEnv, total: int, desc: str):
+    def wrap(loader):
+        bar = ProgressBar(total, env, desc=desc)
+        try:
+            for batch in loader:
+                yield batch
+                bar.update(1)
+        finally:
+            bar.close()
+    return wrap
+
+
+def _saved_args(args: argparse.Namespace) -> dict:
+    # Plain values only, so the checkpoint stays loadable with weights_only=True.
+    return {k: v for k, v in vars(args).items()
+            if v is None or isinstance(v, (bool, int, float, str))}
+
+
+# ---- --eval ----------------------------------------------------------------------------
+
+def run_eval(args: argparse.Namespace, env: DistEnv) -> int:
+    save_dir = f"eval-{args.save or 'retrain'}"
+    path = args.eval_resume or os.path.join(save_dir, "best.pth.tar")
+    if not args.test_dir:
+        raise UserError("--test_dir is required (an ImageFolder directory: <root>/<class>/<image>)")
+    loaded = read_subnet_checkpoint(path)
+    arch, cfg, source = choose_arch(args, _count_class_dirs(args.test_dir), loaded)
+    space = get_space(cfg)
+    state = subnet_state(loaded, space, arch)
+    net = space.subnet(arch, dropout=args.dropout)
+    load_subnet_state(net, state, path, space.format(arch))
+    # Default to the input convention the weights were trained with (the reference: BGR).
+    if loaded.kind == "subnet":
+        saved_format = (loaded.raw.get("args") or {}).get("input_format")
+    else:
+        saved_format = "bgr255"
+    input_format = args.input_format or saved_format or DEFAULT_INPUT_FORMAT
+    log = RunLog(env, None)
+    log(describe_arch(space, arch, cfg, source))
+    per_rank = max(1, args.batch_size // env.world_size)
+    loader = build_val_loader(args.test_dir, cfg.input_size, per_rank, env, args.workers,
+                              input_format, classes=cfg.classes)
+    amp = Amp(args.amp, env.device)
+    channels_last = resolve_channels_last(args.channels_last, env.device)
+    net = net.to(env.device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    log(f"evaluating {path} ({'reference' if loaded.kind == 'reference' else 'subnet'} "
+        f"checkpoint, iteration {loaded.iters}) on {loader.num_samples} images of "
+        f"{args.test_dir}; input {input_format}; {describe(env)}")
+    res = evaluate(net, loader, env, amp=amp, channels_last=channels_last,
+                   progress=_val_progress(env, len(loader), "eval"))
+    if env.is_main:
+        print(f"valid_acc_top1 {res.top1:.4f}\nvalid_acc_top5 {res.top5:.4f}\n"
+              f"valid_loss {res.loss:.4f}  ({res.correct1}/{res.samples} correct)", flush=True)
+        if args.save:
+            out = os.path.join(save_dir, "eval.json")
+            ckpt.write_json_atomic(dict(valid_acc_top1=res.top1, valid_acc_top5=res.top5,
+                                        valid_loss=res.loss, correct_top1=res.correct1,
+                                        correct_top5=res.correct5, samples=res.samples,
+                                        checkpoint=path, arch=list(arch), config=cfg.to_dict(),
+                                        input_format=input_format), out)
+            print(f"wrote {out}", flush=True)
+    return 0
+
+
+# ---- training --------------------------------------------------------------------------
+
+def check_resume(state: dict, path: str, cfg: SpaceConfig, arch, run: dict,
+                 args: argparse.Namespace, input_format: str, log: RunLog) -> None:
+    """Refuse a checkpoint that is not this run's, with a one-line reason."""
+    if state.get("kind") != "subnet":
+        what = state.get("kind") or "not written by this project's retraining"
+        raise UserError(f"{path} is not a subnet checkpoint of this project ({what}); "
+                        f"use another --save name")
+    ckpt.check_config(state["config"], cfg, path)
+    saved_arch = tuple(int(a) for a in state["arch"])
+    if saved_arch != tuple(arch):
+        fmt = " ".join(map(str, saved_arch))
+        raise UserError(f"checkpoint {path} is for architecture '{fmt}', not "
+                        f"'{' '.join(map(str, arch))}': use another --save name")
+    diffs = [f"{k}: {state.get(k)} vs {run[k]}" for k in RUN_DEFINING if state.get(k) != run[k]]
+    saved_format = (state.get("args") or {}).get("input_format")
+    if saved_format and saved_format != input_format:
+        diffs.append(f"input_format: {saved_format} vs {input_format}")
+    if diffs:
+        raise UserError(f"checkpoint {path} was made with other run settings "
+                        f"({'; '.join(diffs)}; checkpoint vs now): rerun with the original "
+                        f"settings or use another --save name")
+    old = state.get("args") or {}
+    changed = [k for k in HYPER if k in old and old[k] != getattr(args, k)]
+    if changed:
+        log(f"note: resuming with changed {', '.join(changed)} (the checkpoint used "
+            f"{', '.join(f'{k}={old[k]}' for k in changed)})")
+
+
+def report_finished(state: dict, path: str, log: RunLog) -> None:
+    last = state.get("last_eval") or {}
+    log(f"{path}: retraining already finished ({state['iters']}/{state['total_iters']} "
+        f"iterations); best valid_acc_top1 {state.get('best_acc_top1', float('nan')):.4f} "
+        f"(iteration {state.get('best_iters')}), final valid_acc_top1 "
+        f"{last.get('top1', float('nan')):.4f} valid_acc_top5 "
+        f"{last.get('top5', float('nan')):.4f}")
+
+
+def train(args: argparse.Namespace, env: DistEnv) -> int:
+    save_dir = f"eval-{args.save or 'retrain'}"
+    for flag, value in (("--train_dir", args.train_dir), ("--test_dir", args.test_dir)):
+        if not value:
+            raise UserError(f"{flag} is required (an ImageFolder directory: "
+                            f"<root>/<class>/<image>)")
+    log = RunLog(env, os.path.join(save_dir, "log.txt"))
+    arch, cfg, source = choose_arch(args, _count_class_dirs(args.train_dir))
+    space = get_space(cfg)
+    ckpt_path, best_path = (os.path.join(save_dir, n)
+                            for n in ("checkpoint.pth.tar", "best.pth.tar"))
+    state = ckpt.load(ckpt_path) if os.path.exists(ckpt_path) else None
+    # Resuming without --input-format keeps the convention the run was started with.
+    saved_format = ((state or {}).get("args") or {}).get("input_format")
+    input_format = args.input_format or saved_format or DEFAULT_INPUT_FORMAT
+    loader = build_train_loader(args.train_dir, cfg.input_size, args.batch_size, env,
+                                args.workers, args.seed, input_format=input_format,
+                                classes=cfg.classes)
+    val_loader = build_val_loader(args.test_dir, cfg.input_size, loader.batch_size_per_rank,
+                                  env, args.workers, input_format, classes=cfg.classes)
+    unknown = [c for c in val_loader.classes if c not in loader.classes]
+    if unknown or val_loader.classes != loader.classes[:len(val_loader.classes)]:
+        # ImageFolder numbers classes by sorted folder name: other folders, other labels.
+        example = unknown[0] if unknown else next(
+            t for v, t in zip(val_loader.classes, loader.classes) if v != t)
+        raise UserError(f"--test_dir and --train_dir have different class folders (e.g. "
+                        f"'{example}'), so their labels would not match")
+    spe = loader.steps_per_epoch
+    run = dict(seed=args.seed, batch_size=args.batch_size, steps_per_epoch=spe,
+               total_iters=args.total_iters or args.epochs * spe)
+    total = run["total_iters"]
+    eval_freq = args.eval_freq or spe
+    args.dropout = space.default_dropout if args.dropout is None else args.dropout
+    if state is not None:
+        check_resume(state, ckpt_path, cfg, arch, run, args, input_format, log)
+        if int(state["iters"]) >= total:
+            report_finished(state, ckpt_path, log)
+            return 0
+
+    amp = Amp(args.amp, env.device)
+    channels_last = resolve_channels_last(args.channels_last, env.device)
+    if env.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    seed_everything(args.seed)  # same init on every rank (DDP also broadcasts rank 0's)
+    net = space.subnet(arch, dropout=args.dropout)
+    seed_everything(args.seed, env.rank)  # per-rank dropout masks
+    trainer = SubnetTrainer(net, env, total_iters=total, lr=args.learning_rate,
+                            momentum=args.momentum, weight_decay=args.weight_decay,
+                            grad_clip=args.grad_clip, label_smooth=args.label_smooth, amp=amp,
+                            channels_last=channels_last)
+    start, prior_time = 0, 0.0
+    best = dict(top1=-1.0, top5=0.0, iters=0)
+    last_eval: dict = {}
+    if state is not None:
+        load_subnet_state(trainer.net, ckpt.clean_state_dict(state["state_dict"]), ckpt_path)
+        trainer.load_state_dict(state)
+        per_rank = state.get("rng_per_rank") or []
+        if len(per_rank) == env.world_size:
+            set_rng_state(per_rank[env.rank])
+        start, prior_time = int(state["iters"]), float(state.get("train_time", 0.0))
+        best = dict(top1=float(state.get("best_acc_top1", -1.0)),
+                    top5=float(state.get("best_acc_top5", 0.0)),
+                    iters=int(state.get("best_iters", 0)))
+        last_eval = dict(state.get("last_eval") or {})
+
+    log(describe_arch(space, arch, cfg, source) + "\n"
+        f"data: {len(loader.dataset)} training images, {loader.num_classes} classes, "
+        f"{val_loader.num_samples} validation images; input {input_format}\n"
+        f"batch {args.batch_size} global, {loader.batch_size_per_rank} per process; "
+        f"{spe} iterations/epoch; {describe(env)}; amp={args.amp}; "
+        f"channels_last={channels_last}; dropout {args.dropout}\n"
+        f"SGD lr {args.learning_rate} (linear to 0) momentum {args.momentum} wd "
+        f"{args.weight_decay} (conv/linear weights), label smoothing {args.label_smooth}, "
+        f"grad-norm clip {args.grad_clip}; validation every {eval_freq} iterations\n"
+        + (f"resuming from {ckpt_path} at iteration {start}/{total}" if start
+           else f"training {total} iterations -> {save_dir}/"))
+
+    logger = MetricsLogger(os.path.join(save_dir, "metrics.jsonl"), env,
+                           tensorboard_dir=os.path.join(save_dir, "tb"))
+    bar = ProgressBar(total, env, desc="retrain", initial=start)
+    stop = GracefulStop(env)
+    it, timer = start, Timer()
+    window_start, window_it = time.perf_counter(), start
+    stopped_by: str | None = None
+    sums = torch.zeros(2, device=env.device)  # loss * n, correct: read at report points only
+    per_rank_batch = loader.batch_size_per_rank
+    info = dict(flops=load_table(cfg).flops_of(arch), params=load_table(cfg).params_of(arch))
+
+    def checkpoint_now(write_best: bool = False) -> None:
+        rngs = all_gather_objects(rng_state(), env)
+        if not env.is_main:
+            return
+        state = dict(kind="subnet", config=cfg.to_dict(), arch=list(arch),
+                     state_dict=ckpt.clean_state_dict(
+                         {k: v.detach().cpu() for k, v in trainer.net.state_dict().items()}),
+                     iters=it, epoch=it // spe, total_iters=total, steps_per_epoch=spe,
+                     batch_size=args.batch_size, seed=args.seed,
+                     best_acc_top1=best["top1"], best_acc_top5=best["top5"],
+                     best_iters=best["iters"], last_eval=dict(last_eval),
+                     rng=rngs[0], rng_per_rank=rngs, args=_saved_args(args),
+                     train_time=prior_time + timer.elapsed(), finished=it >= total,
+                     **info, **trainer.state_dict())
+        ckpt.save_atomic(state, ckpt_path)
+        if write_best:
+            ckpt.save_atomic(state, best_path)
+
+    def validate_now() -> EvalResult:
+        sync_buffers(trainer.net, env)
+        with torch.random.fork_rng(devices=[]):  # see _batches
+            return evaluate(trainer.net, val_loader, env, amp=amp, channels_last=channels_last)
+
+    with stop:
+        while it < total and stopped_by is None:
+            epoch, step0 = divmod(it, spe)
+            loader.set_epoch(epoch, step0)
+            for batch in _batches(loader):
+                x, y = loader.prepare(batch, env.device, channels_last)
+                loss, correct = trainer.step(x, y, it)
+                sums += torch.stack([loss.float() * per_rank_batch, correct.float()])
+                it += 1
+                if it % args.report_freq == 0 or it == total:
+                    loss_sum, n_correct = all_reduce_sum(sums.clone(), env).tolist()
+                    sums.zero_()
+                    n = max(1, (it - window_it) * args.batch_size)
+                    now = time.perf_counter()
+                    values = dict(loss=loss_sum / n, top1=100.0 * n_correct / n,
+                                  lr=trainer.schedule.lr_at(it - 1),
+                                  img_s=n / max(now - window_start, 1e-9))
+                    window_start, window_it = now, it
+                    bar.set_position(it, **values)
+                    logger.log(it, epoch=it / spe, **values)
+                if it % eval_freq == 0 or it == total:
+                    res = validate_now()
+                    improved = res.top1 > best["top1"]
+                    if improved:
+                        best = dict(top1=res.top1, top5=res.top5, iters=it)
+                    last_eval = dict(top1=res.top1, top5=res.top5, loss=res.loss, iters=it)
+                    msg = (f"iteration {it}/{total} (epoch {it / spe:.2f}): valid_acc_top1 "
+                           f"{res.top1:.4f} valid_acc_top5 {res.top5:.4f} valid_loss "
+                           f"{res.loss:.4f}; best top-1 {best['top1']:.4f} at {best['iters']}")
+                    bar.write(msg)  # above the bar; the log below then only records it
+                    log(msg, echo=bar.bar is None)
+                    logger.log(it, valid_acc_top1=res.top1, valid_acc_top5=res.top5,
+                               valid_loss=res.loss, best_acc_top1=best["top1"])
+                    checkpoint_now(write_best=improved)
+                if it >= total:
+                    break
+                if stop.should_stop():
+                    stopped_by = stop.signal_name or "signal"
+                elif args.stop_after and it - start >= args.stop_after:
+                    stopped_by = f"--stop-after {args.stop_after}"
+                if stopped_by is not None:
+                    checkpoint_now()
+                    break
+    bar.close()
+    elapsed = timer.elapsed()
+    done = it - start
+    ips = done * args.batch_size / max(elapsed, 1e-9)
+    barrier(env)
+    logger.log(it, event="stopped" if stopped_by else "finished", seconds=round(elapsed, 3),
+               images_per_s=ips, iterations=done)
+    logger.close()
+    if stopped_by is not None:
+        log(f"stopped by {stopped_by} at iteration {it}/{total}; checkpoint saved to "
+            f"{ckpt_path}; rerun the same command to resume")
+        return 128 + (2 if stop.signal_name == "SIGINT" else 15) if stop.requested else 0
+    result = dict(arch=list(arch), config=cfg.to_dict(), **info, iters=it,
+                  best_acc_top1=best["top1"], best_acc_top5=best["top5"], best_iters=best["iters"],
+                  final_acc_top1=last_eval.get("top1"), final_acc_top5=last_eval.get("top5"),
+                  train_time=prior_time + elapsed)
+    if env.is_main:
+        ckpt.write_json_atomic(result, os.path.join(save_dir, "result.json"))
+    log(f"finished {total} iterations ({done} in this run, {ips:.1f} images/s); best "
+        f"valid_acc_top1 {best['top1']:.4f} valid_acc_top5 {best['top5']:.4f} at iteration "
+        f"{best['iters']} -> {best_path}")
+    return 0
+
+
+def _batches(loader):
+    """Iterate `loader` without touching the global CPU RNG stream.
+
+    Starting a DataLoader iterator draws a base seed from the global RNG, which dropout
+    also uses on CPU; a resumed run starts its iterators at other points than an
+    uninterrupted one, so drawing it outside the stream keeps the two runs identical.
+    """
+    it = iter(loader)
+    with torch.random.fork_rng(devices=[]):
+        first = next(it, None)
+    if first is None:
+        return
+    yield first
+    yield from it
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    env = setup(args.local_rank, args.device)
+    try:
+        return run_eval(args, env) if args.eval else train(args, env)
+    finally:
+        cleanup(env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
