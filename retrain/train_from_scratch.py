@@ -27,7 +27,8 @@ import torch
 
 from utils import checkpoint as ckpt
 from utils.cli import UserError, add_space_args, main_guard
-from utils.data import DEFAULT_INPUT_FORMAT, add_data_args, build_train_loader, build_val_loader
+from utils.data import (DEFAULT_INPUT_FORMAT, add_augment_args, add_data_args, augment_kwargs,
+                        build_train_loader, build_val_loader)
 from utils.dist import (DistEnv, add_launcher_args, all_gather_objects, all_reduce_sum, barrier,
                         cleanup, describe, setup)
 from utils.engine import (Amp, GracefulStop, MetricsLogger, ProgressBar, Timer, add_amp_args,
@@ -105,6 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto",
                    help="auto, cpu, cuda (one GPU per process) (default: auto)")
     add_data_args(p)
+    add_augment_args(p)
     add_amp_args(p)
     add_space_args(p, classes_default=None)
     add_launcher_args(p)
@@ -322,7 +324,7 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
     input_format = args.input_format or saved_format or DEFAULT_INPUT_FORMAT
     loader = build_train_loader(args.train_dir, cfg.input_size, args.batch_size, env,
                                 args.workers, args.seed, input_format=input_format,
-                                classes=cfg.classes)
+                                classes=cfg.classes, **augment_kwargs(args))
     val_loader = build_val_loader(args.test_dir, cfg.input_size, loader.batch_size_per_rank,
                                   env, args.workers, input_format, classes=cfg.classes)
     unknown = [c for c in val_loader.classes if c not in loader.classes]

@@ -22,7 +22,7 @@ import torch
 
 from utils import checkpoint as ckpt
 from utils.cli import UserError, add_space_args, config_from_args, main_guard
-from utils.data import add_data_args, build_train_loader
+from utils.data import add_augment_args, add_data_args, augment_kwargs, build_train_loader
 from utils.dist import (DistEnv, add_launcher_args, all_reduce_sum, barrier, broadcast_tensors,
                         cleanup, describe, setup)
 from utils.engine import (Amp, GracefulStop, MetricsLogger, ProgressBar, Timer, add_amp_args,
@@ -77,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (one GPU per process)")
     p.add_argument("--dump-dir", dest="dump_dir", default=None, help=argparse.SUPPRESS)
     add_data_args(p)
+    add_augment_args(p)
     add_amp_args(p)
     add_space_args(p, classes_default=None)
     add_launcher_args(p)
@@ -156,7 +157,7 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
     seed_everything(args.seed, env.rank)
     loader = build_train_loader(args.train_dir, args.input_size, args.batch_size, env,
                                 args.workers, args.seed, input_format=args.input_format,
-                                classes=args.classes)
+                                classes=args.classes, **augment_kwargs(args))
     cfg = config_from_args(args, classes=loader.num_classes)
     space = get_space(cfg)
     spe = loader.steps_per_epoch

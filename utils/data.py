@@ -107,6 +107,28 @@ def add_data_args(parser: argparse.ArgumentParser, workers_default: int | None =
                              "RGB (default); bgr255 = the reference's BGR 0-255")
 
 
+def add_augment_args(parser: argparse.ArgumentParser) -> None:
+    """Training augmentation knobs; the defaults are SPEC.md's ImageNet recipe."""
+    g = parser.add_argument_group("augmentation")
+    g.add_argument("--min-scale", "--min_scale", dest="min_scale", type=float, default=0.08,
+                   help="smallest crop area fraction of the random resized crop (default: "
+                        "0.08; small, already-centred images such as the demo's want ~0.35)")
+    g.add_argument("--lighting", type=float, default=0.1,
+                   help="std of the PCA lighting noise, 0 disables it (default: 0.1)")
+    g.add_argument("--square-crop", "--square_crop", dest="square_crop", action="store_true",
+                   help="crop at aspect 1 as the reference did (default: 3/4-4/3)")
+
+
+def augment_kwargs(args: argparse.Namespace) -> dict:
+    """build_train_loader keyword arguments from add_augment_args' flags."""
+    if not 0 < args.min_scale <= 1:
+        raise UserError(f"--min-scale must be in (0, 1], got {args.min_scale}")
+    if args.lighting < 0:
+        raise UserError(f"--lighting must be >= 0, got {args.lighting}")
+    return dict(min_scale=args.min_scale, lighting_std=args.lighting,
+                crop_ratio=(1.0, 1.0) if args.square_crop else CROP_RATIO)
+
+
 # ---- the dataset --------------------------------------------------------------------
 
 def _sample_seed(seed: int, epoch: int, index: int) -> int:
