@@ -454,10 +454,7 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
                     checkpoint_now(write_best=improved)
                 if it >= total:
                     break
-                if stop.should_stop():
-                    stopped_by = stop.signal_name or "signal"
-                elif args.stop_after and it - start >= args.stop_after:
-                    stopped_by = f"--stop-after {args.stop_after}"
+                stopped_by = stop.reason(it, start, args.stop_after)
                 if stopped_by is not None:
                     checkpoint_now()
                     break
@@ -472,7 +469,7 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
     if stopped_by is not None:
         log(f"stopped by {stopped_by} at iteration {it}/{total}; checkpoint saved to "
             f"{ckpt_path}; rerun the same command to resume")
-        return 128 + (2 if stop.signal_name == "SIGINT" else 15) if stop.requested else 0
+        return stop.exit_code()
     result = dict(arch=list(arch), config=cfg.to_dict(), **info, iters=it,
                   best_acc_top1=best["top1"], best_acc_top5=best["top5"], best_iters=best["iters"],
                   final_acc_top1=last_eval.get("top1"), final_acc_top5=last_eval.get("top5"),

@@ -270,10 +270,7 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
                         checkpoint_now()
                     if it >= total:
                         break
-                    if stop.should_stop():
-                        stopped_by = stop.signal_name or "signal"
-                    elif args.stop_after and it - start >= args.stop_after:
-                        stopped_by = f"--stop-after {args.stop_after}"
+                    stopped_by = stop.reason(it, start, args.stop_after)
                     if stopped_by is not None:
                         checkpoint_now()
                         break
@@ -298,7 +295,7 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
                   f"{ips:.1f} images/s; checkpoint: {args.checkpoint}", flush=True)
     logger.close()
     if stopped_by is not None and stop.requested:
-        return 128 + (2 if stop.signal_name == "SIGINT" else 15)
+        return stop.exit_code()
     return 0
 
 

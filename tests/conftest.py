@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,6 +27,16 @@ def write_imagefolder(root: str, classes: int = 4, train_per_class: int = 12,
                 img = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(img).save(os.path.join(d, f"{i:03d}.png"))
     return root
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: tiny nets gain nothing from more, and a busy 2-core machine
+    stalls multi-threaded kernels badly."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

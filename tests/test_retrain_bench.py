@@ -6,23 +6,11 @@ import json
 import math
 import os
 
-import pytest
-import torch
 
 from conftest import ROOT
 from utils.flops import load_table
 from utils.spaces import make_config
 from utils.subnet_io import published_arch
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny nets gain nothing from more, and a busy 2-core machine
-    stalls multi-threaded kernels badly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_retrain_step_bench_json_and_table(tmp_path, monkeypatch, capsys):

@@ -18,16 +18,6 @@ from utils.checkpoint import load, save_atomic, write_json_atomic
 from utils.spaces import get_space, make_config
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny nets gain nothing from more, and a busy 2-core machine
-    stalls multi-threaded kernels badly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 CFG = make_config("mobilenet", input_size=32, width_mult=0.25, classes=4, stem_stride=1)
 # CPU even where a GPU is visible: the resume test compares weights bitwise.
 TRAIN = ["--batch_size", "16", "--workers", "0", "--total_iters", "6", "--eval-freq", "3",

@@ -24,16 +24,6 @@ from utils.spaces import get_space, make_config
 from utils.validate import evaluate
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny nets gain nothing from more, and a busy 2-core machine
-    stalls multi-threaded kernels badly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 SCRIPT = os.path.join(ROOT, "retrain", "train_from_scratch.py")
 CFG = make_config("mobilenet", input_size=32, width_mult=0.25, classes=4, stem_stride=1)
 ARCH = "3 -1 0 4 0 -1 -1 0 4 -1 4 4 1 4 2 0 0 4 0 2 2"

@@ -15,16 +15,6 @@ from utils.subnet_io import (load_subnet_state, read_subnet_checkpoint, resolve_
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny nets gain nothing from more, and a busy 2-core machine
-    stalls multi-threaded kernels badly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 CFG = make_config("mobilenet", input_size=32, width_mult=0.25, classes=4, stem_stride=1)
 
 

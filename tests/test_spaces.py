@@ -7,8 +7,6 @@ import torch
 
 from utils.spaces import ArchError, ConfigError, get_space, make_config, parse_skips
 
-torch.set_num_threads(2)
-
 SMALL = dict(input_size=32, width_mult=0.5, classes=10)
 BNNAS = "3 -1 0 4 0 -1 -1 0 4 -1 4 4 1 4 2 0 0 4 0 2 2"
 

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from conftest import ROOT, run_env
@@ -15,14 +14,6 @@ from conftest import ROOT, run_env
 SCRIPT = os.path.join(ROOT, "supernet", "main.py")
 TINY = ["--input-size", "32", "--width-mult", "0.25", "--stem-stride", "2",
         "--batch_size", "8", "--report_freq", "2"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def run_main(args: list[str]) -> int:

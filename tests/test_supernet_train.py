@@ -12,15 +12,6 @@ from utils.supernet_train import SupernetTrainer, freeze_for_bn_nas, sample_path
 CFG = make_config("mobilenet", input_size=32, width_mult=0.25, classes=4, stem_stride=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny convs gain nothing from threads, and a busy CI box makes OpenMP spin-waits slow.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _setup(train_all: bool, seed: int = 0):
     torch.manual_seed(0)
     space = get_space(CFG)

@@ -356,6 +356,20 @@ class GracefulStop:
             signal.signal(s, old)
         self._old.clear()
 
+    def reason(self, it: int, start: int, stop_after: int) -> str | None:
+        """Why the loop should leave now (a signal, or `--stop-after` iterations done)."""
+        if self.should_stop():
+            return self.signal_name or "signal"
+        if stop_after and it - start >= stop_after:
+            return f"--stop-after {stop_after}"
+        return None
+
+    def exit_code(self) -> int:
+        """128 + signal number after a signal (the shell's convention), else 0."""
+        if not self.requested:
+            return 0
+        return 128 + (2 if self.signal_name == "SIGINT" else 15)
+
     def should_stop(self) -> bool:
         if self.env is None or not self.env.distributed:
             return self.requested
@@ -402,3 +416,18 @@ __all__ = ["AMP_MODES", "add_amp_args", "resolve_channels_last", "Amp", "LinearS
            "topk_correct", "accuracy", "DeviceMeter", "ProgressBar", "MetricsLogger",
            "metrics_path_for", "seed_everything", "rng_state", "set_rng_state",
            "GracefulStop", "param_groups_no_bn_decay", "Timer"]
+
+
+class TrainerState:
+    """Mixin: optimizer, LR schedule and AMP scaler state of a trainer, for checkpoints."""
+
+    optimizer: torch.optim.Optimizer
+
+    def state_dict(self) -> dict:
+        return dict(optimizer=self.optimizer.state_dict(), scheduler=self.schedule.state_dict(),
+                    scaler=self.amp.state_dict())
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        self.amp.load_state_dict(state.get("scaler") or {})

@@ -21,10 +21,10 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from utils.dist import DistEnv
-from utils.engine import Amp, LinearSchedule, param_groups_no_bn_decay
+from utils.engine import Amp, LinearSchedule, TrainerState, param_groups_no_bn_decay
 
 
-class SubnetTrainer:
+class SubnetTrainer(TrainerState):
     """Owns the (DDP-wrapped) model, optimizer, LR schedule and AMP state of a retrain."""
 
     def __init__(self, net: nn.Module, env: DistEnv, *, total_iters: int, lr: float = 0.5,
@@ -64,15 +64,6 @@ class SubnetTrainer:
         with torch.no_grad():
             correct = logits.argmax(1).eq(y).sum()
         return loss.detach(), correct
-
-    def state_dict(self) -> dict:
-        return dict(optimizer=self.optimizer.state_dict(), scheduler=self.schedule.state_dict(),
-                    scaler=self.amp.state_dict())
-
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["scheduler"])
-        self.amp.load_state_dict(state.get("scaler") or {})
 
 
 def sync_buffers(net: nn.Module, env: DistEnv, src: int = 0) -> None:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from utils.dist import DistEnv, average_gradients
-from utils.engine import Amp, LinearSchedule, param_groups_no_bn_decay
+from utils.engine import Amp, LinearSchedule, TrainerState, param_groups_no_bn_decay
 from utils.spaces import SKIP, SearchSpace, Supernet
 
 
@@ -51,7 +51,7 @@ def freeze_for_bn_nas(space: SearchSpace, net: Supernet) -> list[nn.Parameter]:
     return trainable
 
 
-class SupernetTrainer:
+class SupernetTrainer(TrainerState):
     """Owns the optimizer, LR schedule and AMP state of a supernet run."""
 
     def __init__(self, space: SearchSpace, net: Supernet, env: DistEnv, *, train_all: bool,
@@ -112,12 +112,3 @@ class SupernetTrainer:
         with torch.no_grad():
             correct = logits.argmax(1).eq(y).sum()
         return loss.detach(), correct
-
-    def state_dict(self) -> dict:
-        return dict(optimizer=self.optimizer.state_dict(), scheduler=self.schedule.state_dict(),
-                    scaler=self.amp.state_dict())
-
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["scheduler"])
-        self.amp.load_state_dict(state.get("scaler") or {})
