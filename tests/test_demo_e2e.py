@@ -1,6 +1,7 @@
 """End to end: the demo pipeline with tiny settings, and what each stage hands the next."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -19,6 +20,13 @@ def _demo(out: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+def _demo_config() -> dict:
+    spec = importlib.util.spec_from_file_location("run_demo", os.path.join(ROOT, "tools", "run_demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.DEMO
+
+
 def test_demo_pipeline_hands_off_between_stages(tmp_path):
     out = str(tmp_path / "demo")
     r = _demo(out)
@@ -33,7 +41,9 @@ def test_demo_pipeline_hands_off_between_stages(tmp_path):
     sup = torch.load(sup_path, map_location="cpu", weights_only=True)
     assert sup["kind"] == "supernet" and sup["train_all"] is False
     cfg = SpaceConfig.from_dict(sup["config"])
-    assert (cfg.input_size, cfg.width_mult, cfg.classes) == (32, 0.5, 10)
+    demo = _demo_config()
+    assert (cfg.input_size, cfg.width_mult, cfg.stem_stride, cfg.classes) == (
+        demo["input_size"], demo["width_mult"], demo["stem_stride"], 10)
     assert sup["iter"] == sup["total_iters"] == 3
 
     # stage 2 -> stage 3: the search log's winner obeys the limit and matches the table.
@@ -53,8 +63,8 @@ def test_demo_pipeline_hands_off_between_stages(tmp_path):
     assert best_ckpt["kind"] == "subnet" and tuple(best_ckpt["arch"]) == tuple(winner)
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
-    assert summary["arch"] == space.format(log["best"]["arch"])
-    assert summary["flops"] == log["best"]["flops"]
+    assert summary["arch"] == space.format(winner)
+    assert summary["flops"] == table.flops_of(winner) and summary["params"] == table.params_of(winner)
     assert abs(summary["retrained_top1"] - best_ckpt["best_acc_top1"]) < 5e-3
     assert set(summary["seconds"]) == {"data", "supernet", "search", "retrain", "eval"}
     assert "BN-NAS demo report" in r.stdout and "retrained      top-1" in r.stdout
