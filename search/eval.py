@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Show a search log's best architectures (stage 2, step 3.5 of the reference README).
 
-    cd search && python3 eval.py [--log-dir log] [--topk 10] [--json]
+    cd search && python3 eval.py [--log-dir log] [--topk 10] [--json] [--plot [--plot-dir D]]
 
 Reads log/ea_results.json (or ea_results.pth.tar, ours or the reference release's) and
 prints every logged candidate plus the exact optimum, deduplicated, best score first:
 the architecture string (ready for retrain's --model_id), score, FLOPs and params.
 The first line is what retrain's --arch-from LOG_DIR picks (utils.search_log.best_arch).
+--plot also draws the log (utils.plots.plot_search_log) into the log folder or --plot-dir.
 """
 import argparse
 import json
@@ -33,6 +34,11 @@ def main(argv=None) -> None:
     p.add_argument("--topk", type=int, default=10, help="how many to show (default: 10)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: {config, score_kind, flops_limit, top: [...]}")
+    p.add_argument("--plot", action="store_true",
+                   help="also draw the log: best/mean score per generation, FLOPs vs score "
+                        "with the Pareto front, the indicator heatmap (PNGs)")
+    p.add_argument("--plot-dir", "--plot_dir", dest="plot_dir", default=None,
+                   help="where --plot writes (default: the log folder)")
     args = p.parse_args(argv)
     if args.topk < 1:
         raise UserError(f"--topk must be >= 1, got {args.topk}")
@@ -40,10 +46,12 @@ def main(argv=None) -> None:
     top = ranked(log)[:args.topk]
     for c in top:
         c["arch_str"] = " ".join(map(str, c["arch"]))
+    plots, notes = _plot(args, log) if args.plot else ([], [])
     if args.json:
         print(json.dumps(dict(log_dir=args.log_dir, source=log.get("source"),
                               config=log.get("config"), score_kind=log.get("score_kind"),
-                              flops_limit=log.get("flops_limit"), top=top)))
+                              flops_limit=log.get("flops_limit"), top=top,
+                              **(dict(plots=plots) if args.plot else {}))))
         return
     kind = log.get("score_kind")
     what = {"indicator": "BN indicator", "accuracy": "top-1 %"}.get(kind, "score")
@@ -51,13 +59,27 @@ def main(argv=None) -> None:
           f"({what}; source {log.get('source')})")
     if not top:
         print("no scored candidates")
-        return
-    print(f"{'#':>3}  {'architecture (--model_id)':<{max(len(c['arch_str']) for c in top)}}  "
-          f"{'score':>9}  {'FLOPs':>9}  {'params':>7}  found by")
+    else:
+        print(f"{'#':>3}  {'architecture (--model_id)':<{max(len(c['arch_str']) for c in top)}}  "
+              f"{'score':>9}  {'FLOPs':>9}  {'params':>7}  found by")
     for i, c in enumerate(top):
         gen = "" if c.get("generation") is None else f" (gen {c['generation']})"
         print(f"{i + 1:>3}  {c['arch_str']}  {c['score']:>9.4f}  {_m(c.get('flops')):>9}  "
               f"{_m(c.get('params')):>7}  {c['found_by']}{gen}")
+    for note in notes:
+        print(f"note: {note}")
+    for path in plots:
+        print(f"plot: {path}")
+
+
+def _plot(args, log: dict) -> tuple[list[str], list[str]]:
+    from utils.plots import plot_search_log  # matplotlib only when asked for
+    log_dir = args.log_dir if os.path.isdir(args.log_dir) else os.path.dirname(
+        os.path.abspath(args.log_dir))
+    out = args.plot_dir or log_dir
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--plot-dir {out} exists and is not a folder")
+    return plot_search_log(log, out)
 
 
 if __name__ == "__main__":

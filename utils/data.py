@@ -15,6 +15,16 @@ Design:
   sample and every rank runs the same number of steps; the incomplete last global batch
   is dropped. `ShardSampler` (validation) gives rank r the indices r, r+W, r+2W, ...: the
   shards are disjoint and cover the set exactly, so summed counts over ranks are exact.
+* Decoding cost (see bench/data_loader.py): the crop box is drawn from the header's
+  full-size dimensions before any pixel is decoded; a JPEG whose crop is >= 2x the input
+  size is then decoded at 1/2, 1/4 or 1/8 scale (PIL `draft`, libjpeg's scaled IDCT; the
+  largest factor keeping the crop >= the input size) with the box mapped onto it. Only the
+  crop leaves PIL, and torch's vectorised uint8 antialiased-bilinear kernel resizes it
+  (PIL's filter; results within 1 grey level). Same crop boxes and flips for the same
+  seed as full decoding; pixels differ slightly where the reduced decode is used (mean
+  ~1 grey level). `reduced_decode=False` turns it off.
+* Workers shut down with the loader: `close()` / `with loader:`, and at interpreter exit
+  (training workers ignore SIGTERM, which used to hang exit after a partial epoch).
 * A corrupt or unreadable image raises `BadImageError` (a `UserError`: one-line message
   naming the file), also when it happens inside a DataLoader worker.
 
@@ -27,35 +37,52 @@ Public API (stable; add, don't break):
         .samples): torchvision ImageFolder's indexing without importing torchvision
     build_train_loader(root, input_size, batch_size, env, workers, seed, *,
                        input_format="rgb", classes=None, min_scale=0.08,
-                       lighting_std=0.1, persistent=True, crop_ratio=(3/4, 4/3))
+                       lighting_std=0.1, persistent=True, crop_ratio=(3/4, 4/3),
+                       reduced_decode=True)
         -> TrainLoader   (workers=None: default_workers(); crop_ratio=(1, 1): square crops)
         TrainLoader: set_epoch(epoch, start_step=0); iter -> (uint8 [b,3,H,W],
         int64 labels [b], float lighting [b,3]); len = steps left in the epoch;
         .steps_per_epoch, .batch_size (global), .batch_size_per_rank, .num_classes,
         .dataset, .input_format, .prepare(batch, device, channels_last=False),
-        .sampler.batch_indices(epoch, step) (the indices this rank trains on)
+        .sampler.batch_indices(epoch, step) (the indices this rank trains on),
+        .close() (stop the workers now; also `with loader:`)
     build_val_loader(root, input_size, batch_size_per_rank, env, workers,
-                     input_format="rgb") -> ValLoader
+                     input_format="rgb", *, classes=None, reduced_decode=True) -> ValLoader
         ValLoader: iter -> (uint8 images, int64 labels); .num_samples (whole set),
-        .num_classes, .dataset, .input_format, .prepare(batch, device, channels_last)
+        .num_classes, .dataset, .input_format, .prepare(batch, device, channels_last),
+        .close()
     prepare_batch(batch, device, input_format="rgb", channels_last=False)
         -> (float32 images on device, labels on device)
     GlobalBatchSampler, ShardSampler, SeededImageFolder, BadImageError
+    SeededImageFolder(samples, input_size, train, seed=0, ..., reduced_decode=True)
+        .crop_box(index, epoch=0) -> (top, left, h, w) on the full-size image
+    random_resized_crop_params(width, height, gen, scale, ratio) -> (top, left, h, w)
+    val_crop_box(width, height, input_size) -> full-size (left, top, right, bottom)
+    jpeg_reduction(region_w, region_h, out_w, out_h) -> 1, 2, 4 or 8
+    open_image(path) -> PIL image, header only; decode_rgb(it, path, reduction=1)
+        -> (RGB image, scale: full-size coordinates / scale = its coordinates)
+    resized_crop(rgb_image, top, left, h, w, size) -> uint8 [3, size, size]
     add_data_args(parser)      # --workers (default None = default_workers()), --input-format
+    add_augment_args(parser); augment_kwargs(args) -> build_train_loader keyword arguments
     default_workers() -> int   # CPUs available per local process, at most 8
 """
 from __future__ import annotations
 
 import argparse
+import atexit
+import io
 import math
 import os
 import random
 import re
 import signal
+import warnings
+import weakref
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -129,7 +156,7 @@ def augment_kwargs(args: argparse.Namespace) -> dict:
                 crop_ratio=(1.0, 1.0) if args.square_crop else CROP_RATIO)
 
 
-# ---- the dataset --------------------------------------------------------------------
+# ---- decoding -----------------------------------------------------------------------
 
 def _sample_seed(seed: int, epoch: int, index: int) -> int:
     # SeedSequence mixes the three integers well; 63 bits fit manual_seed.
@@ -137,17 +164,107 @@ def _sample_seed(seed: int, epoch: int, index: int) -> int:
     return (int(state[0]) << 31) ^ int(state[1])
 
 
-def _open_rgb(path: str) -> Image.Image:
+def _bad_image(path: str, e: BaseException) -> BadImageError:
+    if isinstance(e, UnidentifiedImageError):
+        return BadImageError(f"cannot read image {path}: not an image or corrupt")
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return BadImageError(f"cannot read image {path}: {reason}")
+
+
+def open_image(path: str) -> Image.Image:
+    """The image at `path` with its header read and its pixels not yet decoded (see
+    `decode_rgb`); a missing or unrecognised file is a one-line BadImageError."""
     try:
         with open(path, "rb") as f:
-            img = Image.open(f)
-            img.load()
-            return img.convert("RGB")
-    except UnidentifiedImageError:
-        raise BadImageError(f"cannot read image {path}: not an image or corrupt") from None
+            # One read: PIL parses JPEG markers with many tiny reads, cheaper from memory.
+            data = f.read()
+    except OSError as e:
+        raise _bad_image(path, e) from None
+    try:
+        img = Image.open(io.BytesIO(data))
     except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BadImageError(f"cannot read image {path}: {reason}") from None
+        raise _bad_image(path, e) from None
+    return img
+
+
+def jpeg_reduction(region_w: float, region_h: float, out_w: int, out_h: int) -> int:
+    """Largest JPEG DCT scale-down (8, 4, 2, else 1) that keeps a `region_w` x `region_h`
+    region at least `out_w` x `out_h` pixels: the region is then still downsampled to the
+    output, never upsampled, so the output loses no detail it could show."""
+    for factor in (8, 4, 2):
+        if region_w >= out_w * factor and region_h >= out_h * factor:
+            return factor
+    return 1
+
+
+def decode_rgb(img: Image.Image, path: str, reduction: int = 1) -> tuple[Image.Image, float]:
+    """Decode an opened image to RGB, a JPEG at 1/`reduction` scale (libjpeg's scaled IDCT,
+    much cheaper than decoding everything and resampling it away).
+
+    Returns (image, scale): full-size coordinates / scale = the image's coordinates.
+    Errors are a one-line BadImageError naming `path`.
+    """
+    scale = 1.0
+    try:
+        if reduction > 1 and img.format == "JPEG":
+            full_width = img.width
+            # draft picks the largest power of two <= full size // requested size, which is
+            # `reduction` itself; it returns the full image's box in reduced coordinates.
+            drafted = img.draft("RGB", (img.width // reduction, img.height // reduction))
+            if drafted is not None:
+                scale = full_width / drafted[1][2]
+        img.load()
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
+        raise _bad_image(path, e) from None
+    return img, scale
+
+
+def _hwc(img: Image.Image) -> np.ndarray:
+    """uint8 [H, W, 3] array of an RGB image (read-only: it wraps PIL's bytes)."""
+    return np.asarray(img)
+
+
+_READ_ONLY_WARNED = False
+
+
+def _tensor_view(arr: np.ndarray) -> torch.Tensor:
+    """A tensor sharing a read-only array, for ops that never write to their input."""
+    global _READ_ONLY_WARNED
+    if _READ_ONLY_WARNED:
+        return torch.from_numpy(arr)
+    # torch warns about read-only arrays once per process; keep that once out of the logs
+    # (catching warnings on every call would cost more than the conversion itself)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        x = torch.from_numpy(arr)
+    _READ_ONLY_WARNED = True
+    return x
+
+
+def _chw_tensor(hwc: np.ndarray) -> torch.Tensor:
+    # numpy's strided copy is ~2x faster than torch's permute().contiguous() for uint8.
+    return torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1)))
+
+
+def _to_uint8_chw(img: Image.Image) -> torch.Tensor:
+    return _chw_tensor(_hwc(img))
+
+
+def resized_crop(img: Image.Image, top: int, left: int, h: int, w: int,
+                 size: int) -> torch.Tensor:
+    """uint8 [3, size, size]: the (top, left, h, w) crop of an RGB image, resized with
+    antialiased bilinear filtering. The filter of PIL's crop().resize(BILINEAR), which
+    torchvision's RandomResizedCrop runs on PIL images (results agree within 1 grey
+    level), from torch's vectorised uint8 kernel: ~2x faster, and it writes CHW directly."""
+    # Crop before leaving PIL: copying pixels out of PIL is slow, so copy only the crop.
+    crop = _hwc(img.crop((left, top, left + w, top + h)))
+    if h == size and w == size:
+        return _chw_tensor(crop)
+    x = _tensor_view(crop).permute(2, 0, 1).unsqueeze(0)
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False)[0]
 
 
 def random_resized_crop_params(width: int, height: int, gen: torch.Generator,
@@ -180,21 +297,37 @@ def random_resized_crop_params(width: int, height: int, gen: torch.Generator,
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def _to_uint8_chw(img: Image.Image) -> torch.Tensor:
-    arr = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+def val_crop_box(width: int, height: int, input_size: int) -> tuple[float, float, float, float]:
+    """Full-size (left, top, right, bottom) box that becomes the validation input: the
+    centre `input_size` square after resizing the shorter side to `val_resize_size`."""
+    short = val_resize_size(input_size)
+    if width <= height:
+        nw, nh = short, int(round(height * short / width))
+    else:
+        nw, nh = int(round(width * short / height)), short
+    left, top = int(round((nw - input_size) / 2.0)), int(round((nh - input_size) / 2.0))
+    sx, sy = width / nw, height / nh
+    return left * sx, top * sy, (left + input_size) * sx, (top + input_size) * sy
 
+
+# ---- the dataset --------------------------------------------------------------------
 
 class SeededImageFolder(Dataset):
     """ImageFolder samples, transformed with per-sample seeded randomness.
 
     Training items are addressed by (index, epoch) tuples, which `GlobalBatchSampler`
     yields; plain integer indices (epoch 0) also work. Validation mode is deterministic.
+
+    `reduced_decode` (default on): a JPEG whose crop is at least 2x the input size in
+    both dimensions is decoded at 1/2, 1/4 or 1/8 scale (the largest that keeps the crop
+    >= the input size) and the crop box is mapped onto the smaller image. The crop boxes
+    are the same either way; pixel values differ a little (libjpeg's scaled IDCT instead
+    of a bilinear filter for part of the downsampling, mean difference ~1 grey level).
     """
 
     def __init__(self, samples: Sequence[tuple[str, int]], input_size: int, train: bool,
                  seed: int = 0, min_scale: float = 0.08, lighting_std: float = 0.1,
-                 crop_ratio: tuple[float, float] = CROP_RATIO):
+                 crop_ratio: tuple[float, float] = CROP_RATIO, reduced_decode: bool = True):
         self.samples = list(samples)
         self.crop_ratio = (float(crop_ratio[0]), float(crop_ratio[1]))
         self.input_size = int(input_size)
@@ -202,6 +335,7 @@ class SeededImageFolder(Dataset):
         self.seed = int(seed)
         self.min_scale = float(min_scale)
         self.lighting_std = float(lighting_std)
+        self.reduced_decode = bool(reduced_decode)
         self._eigval = torch.tensor(PCA_EIGVAL, dtype=torch.float64)
         self._eigvec = torch.tensor(PCA_EIGVEC, dtype=torch.float64)
 
@@ -211,22 +345,35 @@ class SeededImageFolder(Dataset):
     def __getitem__(self, item):
         index, epoch = item if isinstance(item, tuple) else (int(item), 0)
         path, label = self.samples[index]
-        img = _open_rgb(path)
         if not self.train:
-            return self._val(img), label
+            return self._val(path), label
         gen = torch.Generator().manual_seed(_sample_seed(self.seed, epoch, index))
-        x, lighting = self._train(img, gen)
+        x, lighting = self._train(path, gen)
         return x, label, lighting
 
-    def _resize(self, img: Image.Image, size: tuple[int, int]) -> Image.Image:
-        return img.resize(size, Image.BILINEAR, reducing_gap=None)
+    def crop_box(self, index: int, epoch: int = 0) -> tuple[int, int, int, int]:
+        """Full-size (top, left, h, w) of training sample `index`'s crop in `epoch`."""
+        path = self.samples[index][0]
+        gen = torch.Generator().manual_seed(_sample_seed(self.seed, epoch, index))
+        img = open_image(path)
+        return random_resized_crop_params(img.width, img.height, gen, (self.min_scale, 1.0),
+                                          self.crop_ratio)
 
-    def _train(self, img: Image.Image, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _train(self, path: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.input_size
+        img = open_image(path)
+        # The box is drawn on the full-size header dimensions, so it does not depend on
+        # how the pixels are decoded.
         top, left, h, w = random_resized_crop_params(img.width, img.height, gen,
                                                      (self.min_scale, 1.0), self.crop_ratio)
-        s = self.input_size
-        img = img.resize((s, s), Image.BILINEAR, box=(left, top, left + w, top + h))
-        x = _to_uint8_chw(img)
+        reduction = jpeg_reduction(w, h, s, s) if self.reduced_decode else 1
+        img, scale = decode_rgb(img, path, reduction)
+        if scale == 1.0:
+            x = resized_crop(img, top, left, h, w, s)
+        else:
+            # The box falls between the reduced image's pixels: PIL resamples fractional boxes.
+            box = (left / scale, top / scale, (left + w) / scale, (top + h) / scale)
+            x = _to_uint8_chw(img.resize((s, s), Image.BILINEAR, box=box))
         if torch.rand(1, generator=gen).item() < 0.5:
             x = x.flip(-1)
         # PCA lighting: one RGB offset per image (in [0, 1] units), added on the device.
@@ -234,17 +381,19 @@ class SeededImageFolder(Dataset):
         offset = (self._eigvec @ (alpha * self._eigval)).float()
         return x, offset
 
-    def _val(self, img: Image.Image) -> torch.Tensor:
-        short = val_resize_size(self.input_size)
-        w, h = img.size
-        if w <= h:
-            nw, nh = short, int(round(h * short / w))
-        else:
-            nw, nh = int(round(w * short / h)), short
-        img = img.resize((nw, nh), Image.BILINEAR)
+    def _val(self, path: str) -> torch.Tensor:
         s = self.input_size
-        left, top = int(round((nw - s) / 2.0)), int(round((nh - s) / 2.0))
-        return _to_uint8_chw(img.crop((left, top, left + s, top + s)))
+        img = open_image(path)
+        box = val_crop_box(img.width, img.height, s)
+        short = val_resize_size(s)
+        # keep the resized image (shorter side `short`) a downsample of the decoded one
+        reduction = (jpeg_reduction(min(img.size), min(img.size), short, short)
+                     if self.reduced_decode else 1)
+        img, scale = decode_rgb(img, path, reduction)
+        # Resizing only the centre box equals resizing the whole image and cropping it
+        # (same filter taps, which PIL clips at the image's edges either way), for less work.
+        box = tuple(c / scale for c in box)
+        return _to_uint8_chw(img.resize((s, s), Image.BILINEAR, box=box))
 
 
 class FolderIndex:
@@ -377,20 +526,70 @@ def reraise_worker_error(e: BaseException) -> None:
         raise BadImageError(m.group(1).strip()) from None
 
 
+# Worker shutdown at interpreter exit. Training workers ignore SIGTERM (see _seed_worker),
+# and multiprocessing's own exit handler terminates daemonic children with SIGTERM and
+# then joins them: a loader whose workers were still running at exit (persistent
+# workers, or an iteration left unfinished and still referenced) hung the process there.
+# Torch shuts down only pinned-memory persistent iterators at exit, so we shut down ours.
+_LIVE_ITERATORS: "weakref.WeakSet" = weakref.WeakSet()
+_EXIT_HOOKS_REGISTERED = False
+
+
+def _shutdown_iterator(it) -> None:
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
+def _shutdown_live_iterators() -> None:
+    for it in list(_LIVE_ITERATORS):
+        _shutdown_iterator(it)
+
+
+def _track_workers(it, owner: "weakref.WeakSet") -> None:
+    """Remember a multi-process iterator so that close() and interpreter exit stop it."""
+    global _EXIT_HOOKS_REGISTERED
+    if not getattr(it, "_workers", None):
+        return  # in-process iterator: nothing to shut down
+    owner.add(it)
+    _LIVE_ITERATORS.add(it)
+    if not _EXIT_HOOKS_REGISTERED:
+        _EXIT_HOOKS_REGISTERED = True
+        # atexit runs handlers last-registered-first: registered now, after torch's
+        # "interpreter exiting" flag (which turns _shutdown_workers into a no-op) and
+        # after multiprocessing's exit handler, this runs before both. Should something
+        # re-register multiprocessing's handler later (multiprocessing.get_logger does),
+        # the Finalize runs inside that handler, before it terminates and joins children.
+        atexit.register(_shutdown_live_iterators)
+        import multiprocessing.util as mp_util
+        mp_util.Finalize(None, _shutdown_live_iterators, exitpriority=100)
+
+
 class _Loader:
-    """A DataLoader plus what the training loop needs to know about it."""
+    """A DataLoader plus what the training loop needs to know about it.
+
+    `close()` (or leaving a `with loader:` block) stops its worker processes at once; a
+    later iteration starts new ones. Workers still running at interpreter exit are stopped
+    then, so scripts exit even after a partial epoch with persistent workers.
+    """
 
     def __init__(self, loader: DataLoader, dataset: SeededImageFolder, num_classes: int,
                  input_format: str, classes: list[str]):
         self.loader, self.dataset = loader, dataset
         self.num_classes, self.input_format, self.classes = num_classes, input_format, classes
+        self._iterators: weakref.WeakSet = weakref.WeakSet()
+        self._closes = 0
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
+        closes = self._closes
         it = iter(self.loader)
+        _track_workers(it, self._iterators)
         while True:
+            if self._closes != closes:
+                return  # closed mid-iteration: its workers are gone
             try:
                 batch = next(it)
             except StopIteration:
@@ -399,6 +598,21 @@ class _Loader:
                 reraise_worker_error(e)
                 raise
             yield batch
+
+    def close(self) -> None:
+        """Stop this loader's worker processes now (iterations in progress end)."""
+        self._closes += 1
+        for it in list(self._iterators):
+            _shutdown_iterator(it)
+        self._iterators = weakref.WeakSet()
+        if getattr(self.loader, "_iterator", None) is not None:
+            self.loader._iterator = None  # persistent workers: the next iter() starts anew
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def prepare(self, batch, device: torch.device, channels_last: bool = False):
         return prepare_batch(batch, device, self.input_format, channels_last)
@@ -443,14 +657,18 @@ def build_train_loader(root: str, input_size: int, batch_size: int, env, workers
                        classes: int | None = None, min_scale: float = 0.08,
                        lighting_std: float = 0.1, persistent: bool = True,
                        what: str = "--train_dir",
-                       crop_ratio: tuple[float, float] = CROP_RATIO) -> TrainLoader:
-    """Training loader; `batch_size` is GLOBAL (split evenly over env.world_size ranks)."""
+                       crop_ratio: tuple[float, float] = CROP_RATIO,
+                       reduced_decode: bool = True) -> TrainLoader:
+    """Training loader; `batch_size` is GLOBAL (split evenly over env.world_size ranks).
+
+    `reduced_decode=False` decodes every JPEG at full size (see SeededImageFolder).
+    """
     _check_format(input_format)
     folder = scan_image_folder(root, what)
     num_classes = _num_classes(folder, classes, what)
     dataset = SeededImageFolder(folder.samples, input_size, train=True, seed=seed,
                                 min_scale=min_scale, lighting_std=lighting_std,
-                                crop_ratio=crop_ratio)
+                                crop_ratio=crop_ratio, reduced_decode=reduced_decode)
     sampler = GlobalBatchSampler(len(dataset), batch_size, env.rank, env.world_size, seed)
     if sampler.steps_per_epoch == 0:
         raise UserError(f"{what} has {len(dataset)} images, fewer than one global batch "
@@ -466,12 +684,14 @@ def build_train_loader(root: str, input_size: int, batch_size: int, env, workers
 
 def build_val_loader(root: str, input_size: int, batch_size_per_rank: int, env,
                      workers: int, input_format: str = DEFAULT_INPUT_FORMAT, *,
-                     classes: int | None = None, what: str = "--test_dir") -> ValLoader:
+                     classes: int | None = None, what: str = "--test_dir",
+                     reduced_decode: bool = True) -> ValLoader:
     """Validation loader over this rank's disjoint shard (no padding, no duplicates)."""
     _check_format(input_format)
     folder = scan_image_folder(root, what)
     num_classes = _num_classes(folder, classes, what)
-    dataset = SeededImageFolder(folder.samples, input_size, train=False)
+    dataset = SeededImageFolder(folder.samples, input_size, train=False,
+                                reduced_decode=reduced_decode)
     sampler = ShardSampler(len(dataset), env.rank, env.world_size)
     workers = default_workers() if workers is None else max(0, int(workers))
     loader = DataLoader(dataset, batch_size=batch_size_per_rank, sampler=sampler,
@@ -501,18 +721,27 @@ def prepare_batch(batch, device: torch.device, input_format: str = DEFAULT_INPUT
     lighting = batch[2] if len(batch) > 2 else None
     non_blocking = device.type == "cuda"
     x = images.to(device, non_blocking=non_blocking)
+    bgr = input_format == "bgr255"
+    if bgr:
+        # RGB -> BGR, on uint8 (4x less to move); values stay 0-255 as the reference fed them
+        x = x.flip(1)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    x = x.float()
+    x = x.float()  # keeps the memory format
+    # Lighting and normalisation fold into one per-(image, channel) affine map, applied
+    # in two passes over the pixels: x * scale + offset.
+    offset = None
     if lighting is not None:
-        x.add_(lighting.to(device, non_blocking=non_blocking).mul(255.0).view(-1, 3, 1, 1))
-    if input_format == "bgr255":
-        x = x.flip(1)  # RGB -> BGR, values stay 0-255 as the reference fed them
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        offset = lighting.to(device, non_blocking=non_blocking).mul(255.0).view(-1, 3, 1, 1)
+        if bgr:
+            offset = offset.flip(1)
+    if bgr:
+        if offset is not None:
+            x.add_(offset)
     else:
         mean, inv_std = _mean_std(device)
-        x.sub_(mean).mul_(inv_std)
+        offset = (-mean if offset is None else offset - mean).mul_(inv_std)
+        x.mul_(inv_std).add_(offset)
     return x, labels.to(device, non_blocking=non_blocking)
 
 
@@ -522,4 +751,5 @@ __all__ = ["INPUT_FORMATS", "DEFAULT_INPUT_FORMAT", "IMAGENET_MEAN", "IMAGENET_S
            "random_resized_crop_params", "SeededImageFolder", "FolderIndex", "scan_image_folder",
            "epoch_permutation", "GlobalBatchSampler", "ShardSampler", "TrainLoader",
            "ValLoader", "build_train_loader", "build_val_loader", "prepare_batch",
-           "reraise_worker_error"]
+           "reraise_worker_error", "add_augment_args", "augment_kwargs", "val_crop_box",
+           "jpeg_reduction", "open_image", "decode_rgb", "resized_crop"]
