@@ -95,7 +95,8 @@ def main() -> None:
         [py, os.path.join(ROOT, "search", "ea.py"), "--checkpoint", ckpt, "--log-dir", log_dir,
          "--seed", str(args.seed)], out, env, times, "search")
     run("Stage 2: search log", [py, os.path.join(ROOT, "search", "eval.py"),
-                                "--log-dir", log_dir, "--topk", "5"], out, env, times, "search")
+                                "--log-dir", log_dir, "--topk", "5", "--plot"],
+        out, env, times, "search")
 
     length = (["--total_iters", str(s["retrain_iters"])] if "retrain_iters" in s
               else ["--epochs", str(s["retrain_epochs"])])
