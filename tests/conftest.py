@@ -39,6 +39,27 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def keep_global_rng():
+    """Leave torch's global RNG as found (loaders and torchvision's transforms draw from
+    it), so tests that run after these see the same random numbers either way."""
+    state = torch.get_rng_state()
+    yield
+    torch.set_rng_state(state)
+
+
+def randomise_bn(net: torch.nn.Module, seed: int) -> None:
+    """Non-trivial BN statistics and affine terms, so eval-mode equality means something."""
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> str:
     """ImageFolder with train/ and val/, 4 classes, 32x32 RGB PNGs (val: 5 per class)."""

@@ -21,12 +21,8 @@ from utils.dist import DistEnv
 
 
 @pytest.fixture(autouse=True)
-def keep_global_rng():
-    """Leave torch's global RNG as found (loaders and torchvision's transforms draw from
-    it), so tests that run after these see the same random numbers either way."""
-    state = torch.get_rng_state()
-    yield
-    torch.set_rng_state(state)
+def _rng(keep_global_rng):
+    """Every test here leaves torch's global RNG as found."""
 
 
 @pytest.fixture(scope="module")

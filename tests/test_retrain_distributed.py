@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, run_env, write_imagefolder
+from conftest import ROOT, randomise_bn, run_env, write_imagefolder
 from utils.checkpoint import load, save_atomic
 from utils.data import build_val_loader
 from utils.dist import DistEnv
@@ -35,18 +35,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _randomise_bn(net: torch.nn.Module) -> None:
-    """Varied BN statistics and affine terms, so predictions differ from image to image."""
-    g = torch.Generator().manual_seed(0)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
 
 
 def _single_process(net: torch.nn.Module, val_dir: str):
@@ -74,7 +62,7 @@ def test_two_rank_eval_and_ddp_retrain_match_single_process(tiny_data, odd_val, 
     space = get_space(CFG)
     arch = space.parse(ARCH)
     net = space.subnet(arch)
-    _randomise_bn(net)
+    randomise_bn(net, 0)
     ckpt = str(tmp_path / "random.pth.tar")
     save_atomic(dict(kind="subnet", config=CFG.to_dict(), arch=list(arch), iters=0,
                      state_dict=net.state_dict(), best_acc_top1=0.0), ckpt)

@@ -5,22 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import randomise_bn
 from utils.spaces import ArchError, ConfigError, get_space, make_config, parse_skips
 
 SMALL = dict(input_size=32, width_mult=0.5, classes=10)
 BNNAS = "3 -1 0 4 0 -1 -1 0 4 -1 4 4 1 4 2 0 0 4 0 2 2"
-
-
-def _randomise_bn(net: torch.nn.Module, seed: int) -> None:
-    """Non-trivial BN statistics and affine terms, so eval-mode equality means something."""
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
 
 
 @pytest.mark.parametrize("space_name", ["mobilenet", "shufflenet"])
@@ -28,7 +17,7 @@ def _randomise_bn(net: torch.nn.Module, seed: int) -> None:
 def test_supernet_path_equals_inherited_subnet(space_name, kw):
     space = get_space(make_config(space_name, **kw))
     supernet = space.supernet().eval()
-    _randomise_bn(supernet, 1)
+    randomise_bn(supernet, 1)
     rng = np.random.default_rng(7)
     x = torch.randn(2, 3, space.config.input_size, space.config.input_size)
     for _ in range(1 if kw == {} else 3):
