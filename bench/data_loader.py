@@ -418,14 +418,14 @@ def main(argv: list[str] | None = None) -> int:
                     "if installed, else matplotlib's, else synthetic)")
     ap.add_argument("--photos", default=None,
                     help="use the images of this folder (e.g. an ImageNet slice) as sources")
-    ap.add_argument("--images", type=int, default=192, help="photo set size (default 192)")
+    ap.add_argument("--images", type=int, default=256, help="photo set size (default 256)")
     ap.add_argument("--classes", type=int, default=8)
     ap.add_argument("--long-side", type=int, default=500,
                     help="long side of the photos (default 500, as most of ImageNet)")
     ap.add_argument("--input-size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=7, help="timed epochs per pipeline and "
-                    "worker count (default 7)")
+    ap.add_argument("--rounds", type=int, default=9, help="timed epochs per pipeline and "
+                    "worker count (default 9)")
     ap.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")],
                     default=[1, 0], help="comma-separated worker counts (default 1,0)")
     ap.add_argument("--ablation", action="store_true",
