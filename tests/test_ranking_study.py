@@ -18,7 +18,7 @@ from utils.arch_sampling import stratified_by_flops
 from utils.flops import load_table
 from utils.ranking import (average_ranks, bootstrap_indices, correlate, interval,
                            kendall_tau, paired_difference, spearman_rho)
-from utils.ranking_study import StudySettings, rank_statistics, stage_keys
+from utils.ranking_study import StudySettings, rank_statistics, stage_keys, stop_gracefully
 from utils.search_limits import cost_range, default_flops_limit
 from utils.spaces import get_space, make_config
 
@@ -250,3 +250,18 @@ def test_bad_requests_fail_fast_in_one_line(tmp_path):
     r = _study(str(tmp_path / "s2"), "--subnets", "2")
     assert r.returncode == 2 and r.stderr.strip() == (
         "error: --subnets must be >= 3 for a rank correlation, got 2")
+
+
+def test_an_interrupted_stage_gets_to_save(tmp_path):
+    """The study's own interruption must not SIGKILL a stage: it gets a SIGTERM to save on."""
+    marker = tmp_path / "saved"
+    child = ("import signal, sys, time\n"
+             "def save(*_):\n"
+             f"    open({str(marker)!r}, 'w').write('ok'); sys.exit(0)\n"
+             "signal.signal(signal.SIGTERM, save)\n"
+             "print('ready', flush=True)\n"
+             "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    stop_gracefully(proc, first_wait=0.1)
+    assert proc.returncode == 0 and marker.read_text() == "ok"

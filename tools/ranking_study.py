@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 import time
 
@@ -105,8 +106,13 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> StudySettin
     return StudySettings(**values)
 
 
+def _sigterm_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # main_guard: "interrupted", exit 130; the stage saves first
+
+
 @main_guard
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     settings = settings_from_args(args, argv)

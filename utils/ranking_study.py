@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -138,12 +139,35 @@ def run_stage(name: str, cmd: list[str], cwd: str, log_path: str, opts: RunOptio
     with open(log_path, "a") as f:
         f.write(f"\n$ (cd {cwd} && {' '.join(cmd)})\n")
         f.flush()
-        rc = subprocess.call(cmd, cwd=cwd, env=_child_env(opts), stdout=f,
-                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=_child_env(opts), stdout=f,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            rc = proc.wait()
+        except BaseException:
+            stop_gracefully(proc)
+            raise
     if rc != 0:
         raise UserError(f"{name} failed (exit code {rc}): {_last_error(log_path)} "
                         f"(full log: {log_path})")
     return time.perf_counter() - t0
+
+
+def stop_gracefully(proc: subprocess.Popen, first_wait: float = 5.0) -> None:
+    """Let an interrupted stage save its checkpoint and exit (it does on SIGINT/SIGTERM).
+
+    A Ctrl-C reaches the stage too; a signal sent to this process alone does not, so the
+    stage gets one SIGTERM after a short wait (a second signal would kill it unsaved).
+    """
+    for sig, wait in ((None, first_wait), (signal.SIGTERM, 300.0)):
+        if sig is not None and proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    proc.kill()
+    proc.wait()
 
 
 class Timing:
