@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from conftest import run_env
-from search_helpers import hand_gammas, save_supernet, search_table_dir, tiny_config  # noqa: F401
+from search_helpers import hand_gammas, save_supernet, tiny_config
+from search_helpers import search_table_dir  # noqa: F401 - a fixture, used by name
 from utils.plots import generation_stats, pareto_front, plot_ranking, plot_search_log
 from utils.spaces import get_space
 
@@ -23,7 +24,7 @@ SEARCH_PNGS = ["search_flops_vs_score.png", "search_generations.png",
 
 
 @pytest.fixture(autouse=True)
-def _tables_env(search_table_dir, monkeypatch):  # noqa: F811 - the shared fixture
+def _tables_env(search_table_dir, monkeypatch):  # noqa: F811
     monkeypatch.setenv("BNNAS_TABLE_DIR", search_table_dir)
 
 
@@ -99,7 +100,8 @@ def test_eval_plot_writes_the_search_plots(tmp_path, capsys):
         _eval_module().main(["--log-dir", log_dir, "--plot", "--plot-dir", ck])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --plot-dir") and "not a folder" in err and len(err.splitlines()) == 1
+    assert err.startswith("error: --plot-dir") and "not a folder" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_reference_style_log_plots_what_it_can(tmp_path):

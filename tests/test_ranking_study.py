@@ -18,7 +18,8 @@ from utils.arch_sampling import stratified_by_flops
 from utils.flops import load_table
 from utils.ranking import (average_ranks, bootstrap_indices, correlate, interval,
                            kendall_tau, paired_difference, spearman_rho)
-from utils.ranking_study import StudySettings, rank_statistics, stage_keys, stop_gracefully
+from utils.ranking_study import (StudySettings, rank_statistics, stage_keys, stop_gracefully,
+                                 truth_reliability)
 from utils.search_limits import cost_range, default_flops_limit
 from utils.spaces import get_space, make_config
 
@@ -189,6 +190,16 @@ def test_quick_study_runs_resumes_and_reports(tmp_path):
     assert [c["epoch"] for c in rep["curves"]["bn_indicator"]] == [1, 2]
     assert [c["epoch"] for c in rep["curves"]["spos_accuracy"]] == [1, 2]
     assert rep["bootstrap"]["resamples"] == 200
+    # Each supernet's per-epoch training loss/top-1 comes from its own metrics log.
+    for mode in ("bn", "spos"):
+        curve = rep["supernet_training"][mode]
+        assert [c["epoch"] for c in curve] == [1, 2], mode
+        assert all(math.isfinite(c["train_loss"]) and 0.0 <= c["train_top1"] <= 100.0
+                   for c in curve)
+    # The quick mode trains one seed: no seed-to-seed reliability to report.
+    assert rep["ground_truth"]["seeds"] == [0] and rep["ground_truth"]["reliability"] is None
+    assert all(len(x["top1_per_seed"]) == 1 and x["top1_per_seed"][0] == x["top1"]
+               for x in subs)
     for name in rep["plots"]:
         _check_png(os.path.join(out, "report", name))
     bn_dir = os.path.join(out, rep["folders"]["supernet_bn"])
@@ -226,8 +237,14 @@ def test_stage_keys_depend_on_exactly_their_settings():
     assert k["subnets"].startswith("subnets-") and len(set(k.values())) == 4
     changed = {
         "subnet_lr": {"subnets", "spos_scores"},
-        "supernet_lr": {"supernet_bn", "supernet_spos", "spos_scores"},
+        "bn_lr": {"supernet_bn"},
+        "spos_lr": {"supernet_spos", "spos_scores"},
+        "supernet_batch": {"supernet_bn", "supernet_spos", "spos_scores"},
+        "truth_seeds": set(),  # more seeds add runs; the seed-0 runs stay valid
         "bn_epochs": {"supernet_bn"},
+        "subnet_dropout": {"subnets", "spos_scores"},
+        "min_scale": {"supernet_bn", "supernet_spos", "subnets", "spos_scores"},
+        "lighting": {"supernet_bn", "supernet_spos", "subnets", "spos_scores"},
         "spos_val_images": {"spos_scores"},
         "seed": {"supernet_bn", "supernet_spos", "subnets", "spos_scores"},
     }
@@ -265,3 +282,13 @@ def test_an_interrupted_stage_gets_to_save(tmp_path):
     assert proc.stdout.readline().strip() == "ready"
     stop_gracefully(proc, first_wait=0.1)
     assert proc.returncode == 0 and marker.read_text() == "ok"
+
+
+def test_truth_reliability_is_seed_against_seed():
+    a, b = [40.0, 42.0, 45.0, 41.0, 39.0], [41.0, 44.0, 43.0, 40.0, 38.0]
+    runs = [dict(top1_per_seed=[x, y]) for x, y in zip(a, b)]
+    rel = truth_reliability(runs, resamples=100, seed=0)
+    assert rel["tau"] == pytest.approx(kendall_tau(a, b)) and rel["tau"] == pytest.approx(0.6)
+    assert rel["rho"] == pytest.approx(spearman_rho(a, b))
+    assert rel["mean_abs_diff"] == pytest.approx((1 + 2 + 2 + 1 + 1) / 5)
+    assert truth_reliability([dict(top1_per_seed=[x]) for x in a], 100, 0) is None

@@ -33,8 +33,18 @@ from utils.ranking_study import (RunOptions, StudySettings, run_study,  # noqa: 
 # --quick: a few subnets, tiny budgets and data (CI checks the plumbing, not the result).
 QUICK = dict(width_mult=0.25, train_per_class=10, val_per_class=10, bn_epochs=2, spos_epochs=2,
              supernet_batch=10, subnets=4, subnet_epochs=3, subnet_batch=10, subnet_lr=0.5,
+             truth_seeds=1,
              spos_bn_batches=2, spos_batch=10, spos_val_images=100)
 QUICK_BOOTSTRAP = 200
+# Seed-to-seed tau of the ground truth below which the study says it cannot conclude.
+NOISY_TRUTH_TAU = 0.5
+
+
+def _setting(group, name: str, help: str | None = None, **kw) -> None:
+    """--name, with its default (and type) from StudySettings' field of the same name."""
+    default = getattr(StudySettings(), name.replace("-", "_"))
+    kw.setdefault("type", type(default))
+    group.add_argument(f"--{name}", default=default, help=help, **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,37 +67,42 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--source", choices=["auto", "debian", "slice"], default=d.source,
                    help="Fashion-MNIST source: auto = the full Debian dataset-fashion-mnist "
                         "when installed, else the committed slice")
-    g.add_argument("--train-per-class", type=int, default=d.train_per_class)
-    g.add_argument("--val-per-class", type=int, default=d.val_per_class)
-    g = p.add_argument_group("space (default: the demo config)")
+    _setting(g, "train-per-class", type=int)
+    _setting(g, "val-per-class", type=int)
+    _setting(g, "min-scale", help="random-resized-crop minimum area, both training stages "
+                                  "(the demo's; SPEC's ImageNet recipe is 0.08)")
+    _setting(g, "lighting", help="PCA lighting noise std, both training stages "
+                                 "(ImageNet recipe: 0.1)")
+    g = p.add_argument_group("space (default: mobilenet at 32x32, width 0.5: CPU-sized)")
     g.add_argument("--space", choices=["mobilenet", "shufflenet"], default=d.space)
-    g.add_argument("--input-size", type=int, default=d.input_size)
-    g.add_argument("--width-mult", type=float, default=d.width_mult)
+    _setting(g, "input-size")
+    _setting(g, "width-mult")
     g.add_argument("--stem-stride", type=int, choices=[1, 2], default=d.stem_stride)
     g.add_argument("--fixed-skips", default=d.fixed_skips,
                    help="layers forced to skip (default: the space's)")
     g = p.add_argument_group("supernets")
-    g.add_argument("--bn-epochs", type=int, default=d.bn_epochs,
-                   help="BN-only supernet epochs (one snapshot per epoch)")
-    g.add_argument("--spos-epochs", type=int, default=d.spos_epochs,
-                   help="SPOS (--train-all) supernet epochs (one snapshot per epoch)")
-    g.add_argument("--supernet-batch", type=int, default=d.supernet_batch)
-    g.add_argument("--supernet-lr", type=float, default=d.supernet_lr)
+    _setting(g, "bn-epochs", help="BN-only supernet epochs (one snapshot per epoch)")
+    _setting(g, "spos-epochs", help="SPOS (--train-all) supernet epochs (one snapshot each)")
+    _setting(g, "supernet-batch")
+    _setting(g, "bn-lr", help="LR of the BN-only supernet (the reference's)")
+    _setting(g, "spos-lr", help="LR of the SPOS supernet (0.25 diverges at batch 64 here)")
     g = p.add_argument_group("ground truth (training from scratch)")
-    g.add_argument("--subnets", type=int, default=d.subnets, help="architectures sampled")
-    g.add_argument("--subnet-epochs", type=int, default=d.subnet_epochs)
-    g.add_argument("--subnet-batch", type=int, default=d.subnet_batch)
-    g.add_argument("--subnet-lr", type=float, default=d.subnet_lr)
-    g.add_argument("--flops-limit", type=float, default=d.flops_limit,
-                   help="MFLOPs (default: the search's default limit for this config)")
+    _setting(g, "subnets", help="architectures sampled")
+    _setting(g, "subnet-epochs")
+    _setting(g, "subnet-batch")
+    _setting(g, "subnet-lr")
+    _setting(g, "subnet-dropout")
+    _setting(g, "truth-seeds", help="trainings per subnet (seeds --seed, --seed+1, ...): the "
+                                    "ground truth is their mean top-1, and seed 0 vs seed 1 "
+                                    "measures its reliability")
+    _setting(g, "flops-limit", type=float,
+             help="MFLOPs (default: the search's default limit for this config)")
     g = p.add_argument_group("SPOS accuracy scoring")
-    g.add_argument("--spos-bn-batches", type=int, default=d.spos_bn_batches,
-                   help="training batches for BN recalibration")
-    g.add_argument("--spos-batch", type=int, default=d.spos_batch)
-    g.add_argument("--spos-val-images", type=int, default=d.spos_val_images,
-                   help="size of the fixed validation subset")
+    _setting(g, "spos-bn-batches", help="training batches for BN recalibration")
+    _setting(g, "spos-batch")
+    _setting(g, "spos-val-images", help="size of the fixed validation subset")
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=d.seed)
+    _setting(g, "seed")
     g.add_argument("--bootstrap", type=int, default=None,
                    help="bootstrap resamples (default 2000; 200 with --quick)")
     g.add_argument("--threads", type=int, default=2, help="torch threads per stage")
@@ -127,9 +142,18 @@ def main(argv: list[str] | None = None) -> None:
     report = run_study(settings, opts)
     print("\n" + "\n".join(summary_lines(report)))
     gt = report["ground_truth"]
+    rel = gt.get("reliability")
     print(f"\nground truth: top-1 {gt['min']:.1f}-{gt['max']:.1f}% (mean {gt['mean']:.1f}) "
-          f"after {gt['epochs']} epochs; stages took {report['timing']['stage_total_seconds']:.0f}s "
-          f"in all, this invocation {time.perf_counter() - t0:.0f}s")
+          f"after {gt['epochs']} epoch(s), mean of {len(gt['seeds'])} seed(s)"
+          + (f"; seed-to-seed tau {rel['tau']:+.3f} [{rel['tau_ci'][0]:+.2f}, "
+             f"{rel['tau_ci'][1]:+.2f}]" if rel and rel["tau"] is not None else "")
+          + f"\nstages took {report['timing']['stage_total_seconds']:.0f}s in all, this "
+            f"invocation {time.perf_counter() - t0:.0f}s")
+    if rel and rel["tau"] is not None and rel["tau"] < NOISY_TRUTH_TAU:
+        print(f"warning: the ground truth is noisy (two trainings of the same subnets agree "
+              f"only to tau {rel['tau']:+.2f}, mean |difference| {rel['mean_abs_diff']:.1f} "
+              f"points): no predictor can rank much better than that against it; a longer "
+              f"--subnet-epochs budget is needed for a conclusive study")
     print(f"wrote {os.path.join(opts.report_dir, 'ranking.json')}")
     for name in report["plots"]:
         print(f"wrote {os.path.join(opts.report_dir, name)}")

@@ -23,7 +23,13 @@ PROFILER_SUFFIXES = ("total_ops", "total_params")
 def _tmp_beside(path: str, suffix: str) -> tuple[int, str]:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    return tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+    # mkstemp makes the file private (0600); the renamed result should get the permissions
+    # a plain open() would give it, so teammates on a shared cluster can read checkpoints.
+    mask = os.umask(0)
+    os.umask(mask)
+    os.fchmod(fd, 0o666 & ~mask)
+    return fd, tmp
 
 
 def save_atomic(obj: Any, path: str) -> None:

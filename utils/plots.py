@@ -309,6 +309,12 @@ def _plot_curves(report: dict, path: str) -> str:
                               [(p[f"{stat}_ci"][1] or p[stat]) - p[stat]]],
                         fmt="^", color="tab:orange", capsize=3,
                         label="BN indicator (SPOS supernet)")
+        rel = (report.get("ground_truth") or {}).get("reliability")
+        if rel and rel.get(stat) is not None:
+            ax.axhspan(*(c if c is not None else rel[stat] for c in rel[f"{stat}_ci"]),
+                       color="black", alpha=0.06)
+            ax.axhline(rel[stat], color="black", ls=":", lw=1.5,
+                       label=f"ground truth vs itself, 2nd seed ({rel[stat]:+.2f})")
         for fam, (color, label) in flat.items():
             found = _last(report, fam)
             if found and found[1][stat] is not None:

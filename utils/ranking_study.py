@@ -49,7 +49,7 @@ VERSION = 1
 class StudySettings:
     """Everything that decides the study's numbers (a resumed study must match them)."""
 
-    # space (the demo config by default: small enough for a CPU)
+    # space (mobilenet 32x32, width 0.5, stem stride 2: small enough for a CPU)
     space: str = "mobilenet"
     input_size: int = 32
     width_mult: float = 0.5
@@ -60,16 +60,26 @@ class StudySettings:
     source: str = "auto"  # auto = debian when installed, else slice
     train_per_class: int | None = 300
     val_per_class: int | None = 200
+    # augmentation of both training stages: the demo's (SPEC 5's area 0.08 crop and PCA
+    # lighting leave a 28-pixel garment unrecognisable and kept every stage near chance)
+    min_scale: float = 0.85
+    lighting: float = 0.0
     # supernets
-    bn_epochs: int = 4
-    spos_epochs: int = 4
+    bn_epochs: int = 24  # cheap (BN-only): a long tau-vs-epoch curve
+    spos_epochs: int = 6
     supernet_batch: int = 64
-    supernet_lr: float = 0.05
+    # BN-only: the reference LR (SPEC 5) - only BN affine parameters move, and they must
+    # move for the indicator to say anything. SPOS (all weights) at batch 64: 0.25 diverges
+    # here (loss 5.9 in the first epoch), so a smaller one.
+    bn_lr: float = 0.25
+    spos_lr: float = 0.05
     # ground truth
     subnets: int = 30
-    subnet_epochs: int = 1
-    subnet_batch: int = 32
-    subnet_lr: float = 0.1
+    subnet_epochs: int = 4
+    subnet_batch: int = 64
+    subnet_lr: float = 0.25
+    subnet_dropout: float = 0.0
+    truth_seeds: int = 2  # trainings per subnet: ground truth = mean top-1 over them
     flops_limit: float | None = None  # MFLOPs; None: utils.search_limits default
     # SPOS scoring
     spos_bn_batches: int = 5
@@ -79,12 +89,17 @@ class StudySettings:
 
     def check(self) -> None:
         for name in ("bn_epochs", "spos_epochs", "supernet_batch", "subnets", "subnet_epochs",
-                     "subnet_batch", "spos_bn_batches", "spos_batch", "spos_val_images"):
+                     "subnet_batch", "truth_seeds", "spos_bn_batches", "spos_batch",
+                     "spos_val_images"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got "
                                 f"{getattr(self, name)}")
         if self.subnets < 3:
             raise UserError(f"--subnets must be >= 3 for a rank correlation, got {self.subnets}")
+        if not 0.0 < self.min_scale <= 1.0:
+            raise UserError(f"--min-scale must be in (0, 1], got {self.min_scale}")
+        if self.lighting < 0 or not 0.0 <= self.subnet_dropout < 1.0:
+            raise UserError("--lighting must be >= 0 and --subnet-dropout in [0, 1)")
         if self.source not in ("auto", "slice", "debian"):
             raise UserError(f"--source must be auto, slice or debian, got {self.source}")
 
@@ -94,6 +109,9 @@ class StudySettings:
         if self.fixed_skips is not None:
             flags += ["--fixed-skips", self.fixed_skips]
         return flags
+
+    def augment_flags(self) -> list[str]:
+        return ["--min-scale", str(self.min_scale), "--lighting", str(self.lighting)]
 
 
 @dataclass
@@ -192,14 +210,17 @@ def _key(obj: dict) -> str:
 def stage_keys(s: StudySettings, data_id: dict, config: dict) -> dict[str, str]:
     """Folder name of each stage: its kind plus a key of what its results depend on."""
     base = dict(data=data_id, config=config, seed=s.seed)
-    sup = {mode: _key(dict(base, mode=mode, epochs=epochs, batch=s.supernet_batch,
-                           lr=s.supernet_lr))
-           for mode, epochs in (("bn", s.bn_epochs), ("spos", s.spos_epochs))}
+    aug = dict(min_scale=s.min_scale, lighting=s.lighting)
+    sup = {mode: _key(dict(base, mode=mode, epochs=epochs, batch=s.supernet_batch, lr=lr,
+                           **aug))
+           for mode, epochs, lr in (("bn", s.bn_epochs, s.bn_lr),
+                                    ("spos", s.spos_epochs, s.spos_lr))}
     sub = _key(dict(base, n=s.subnets, epochs=s.subnet_epochs, batch=s.subnet_batch,
-                    lr=s.subnet_lr, flops_limit=s.flops_limit))
+                    lr=s.subnet_lr, flops_limit=s.flops_limit, dropout=s.subnet_dropout, **aug))
     scores = _key(dict(supernet=sup["spos"], subnets=sub, bn_batches=s.spos_bn_batches,
                        batch=s.spos_batch, val_images=s.spos_val_images))
-    return {"supernet_bn": f"supernet_bn-{sup['bn']}", "supernet_spos": f"supernet_spos-{sup['spos']}",
+    return {"supernet_bn": f"supernet_bn-{sup['bn']}",
+            "supernet_spos": f"supernet_spos-{sup['spos']}",
             "subnets": f"subnets-{sub}", "spos_scores": f"spos_scores-{scores}"}
 
 
@@ -260,10 +281,11 @@ SNAPSHOT_KEYS = ("kind", "config", "state_dict", "train_all", "iter", "epoch", "
 def train_supernet(mode: str, s: StudySettings, data: dict, opts: RunOptions,
                    timing: Timing, name: str) -> list[tuple[int, str]]:
     """Train the `mode` ("bn" or "spos") supernet epoch by epoch; [(epoch, snapshot)]."""
-    epochs = s.bn_epochs if mode == "bn" else s.spos_epochs
+    epochs, lr = (s.bn_epochs, s.bn_lr) if mode == "bn" else (s.spos_epochs, s.spos_lr)
     folder = os.path.join(opts.out, name)
     _mark(folder, dict(mode=mode, data=data["id"], space_flags=s.space_flags(), seed=s.seed,
-                       epochs=epochs, batch=s.supernet_batch, lr=s.supernet_lr))
+                       epochs=epochs, batch=s.supernet_batch, lr=lr, min_scale=s.min_scale,
+                       lighting=s.lighting))
     live = os.path.join(folder, "checkpoint.pth.tar")
     spe = data["train_images"] // s.supernet_batch
     if spe < 1:
@@ -271,9 +293,9 @@ def train_supernet(mode: str, s: StudySettings, data: dict, opts: RunOptions,
                         f"{data['train_images']} training images")
     cmd = [opts.python, os.path.join(REPO_ROOT, "supernet", "main.py"),
            "--train_dir", data["train"], *s.space_flags(), "--batch_size", str(s.supernet_batch),
-           "--learning_rate", str(s.supernet_lr), "--epochs", str(epochs), "--seed", str(s.seed),
+           "--learning_rate", str(lr), "--epochs", str(epochs), "--seed", str(s.seed),
            "--workers", str(opts.workers), "--report_freq", str(max(1, spe // 4)),
-           "--checkpoint", live, "--device", opts.device]
+           "--checkpoint", live, "--device", opts.device, *s.augment_flags()]
     if mode == "spos":
         cmd.append("--train-all")
     label = "BN-only (BN-NAS)" if mode == "bn" else "SPOS (--train-all)"
@@ -301,6 +323,26 @@ def train_supernet(mode: str, s: StudySettings, data: dict, opts: RunOptions,
             ckpt.save_atomic(slim, snap)
         out.append((epoch, snap))
     return out
+
+
+def supernet_curve(folder: str) -> list[dict]:
+    """Training loss and top-1 of each epoch, from the stage's metrics log (last record of
+    an epoch wins: a resumed epoch logs again)."""
+    from utils.engine import metrics_path_for
+    path = metrics_path_for(os.path.join(folder, "checkpoint.pth.tar"))
+    by_epoch: dict[int, dict] = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a kill
+                if "epoch_loss" in rec:
+                    by_epoch[int(rec["epoch"]) + 1] = dict(
+                        epoch=int(rec["epoch"]) + 1, train_loss=float(rec["epoch_loss"]),
+                        train_top1=float(rec["epoch_top1"]))
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 # ---- stage 3: architectures and ground truth -------------------------------------
@@ -333,46 +375,74 @@ def sample_archs(s: StudySettings, cfg, folder: str) -> dict:
     return obj
 
 
-def subnet_name(k: int) -> str:
-    return f"sub_{k:02d}"
+def subnet_name(k: int, rep: int = 0) -> str:
+    """Run name of subnet k's training number `rep` (seed = --seed + rep)."""
+    return f"sub_{k:02d}" if rep == 0 else f"sub_{k:02d}-s{rep}"
 
 
 def train_subnets(s: StudySettings, data: dict, archs: dict, opts: RunOptions,
                   timing: Timing, folder: str) -> list[dict]:
-    """Train every architecture from scratch (cached); [{top1, best_top1, train_time}]."""
+    """Train every architecture from scratch, `truth_seeds` times each (cached).
+
+    Returns per subnet {top1 (mean over seeds), top1_per_seed, iters, train_time}.
+    """
     spe = data["train_images"] // s.subnet_batch
     if spe < 1:
         raise UserError(f"--subnet-batch {s.subnet_batch} is larger than the "
                         f"{data['train_images']} training images")
     total = spe * s.subnet_epochs
-    results = []
     n = len(archs["archs"])
-    for k, arch in enumerate(archs["archs"]):
-        name = subnet_name(k)
-        result_path = os.path.join(folder, f"eval-{name}", "result.json")
-        if not os.path.exists(result_path):
-            cmd = [opts.python, os.path.join(REPO_ROOT, "retrain", "train_from_scratch.py"),
-                   "--train_dir", data["train"], "--test_dir", data["val"],
-                   "--model_id", " ".join(map(str, arch)), *s.space_flags(),
-                   "--classes", str(data["classes"]), "--epochs", str(s.subnet_epochs),
-                   "--batch_size", str(s.subnet_batch), "--learning_rate", str(s.subnet_lr),
-                   "--seed", str(s.seed), "--workers", str(opts.workers), "--save", name,
-                   "--report_freq", str(max(1, spe // 2)), "--eval-freq", str(total),
-                   "--device", opts.device]
-            sec = run_stage(f"subnet {name}", cmd, folder,
-                            os.path.join(folder, "logs", f"{name}.log"), opts)
-            timing.add(os.path.basename(folder), sec)
+    runs: list[list[dict]] = [[] for _ in range(n)]
+    # Seed by seed, so a study stopped half-way already has one complete ground truth.
+    for rep in range(s.truth_seeds):
+        for k, arch in enumerate(archs["archs"]):
+            name = subnet_name(k, rep)
+            result_path = os.path.join(folder, f"eval-{name}", "result.json")
+            if not os.path.exists(result_path):
+                cmd = [opts.python, os.path.join(REPO_ROOT, "retrain", "train_from_scratch.py"),
+                       "--train_dir", data["train"], "--test_dir", data["val"],
+                       "--model_id", " ".join(map(str, arch)), *s.space_flags(),
+                       "--classes", str(data["classes"]), "--epochs", str(s.subnet_epochs),
+                       "--batch_size", str(s.subnet_batch), "--learning_rate", str(s.subnet_lr),
+                       "--seed", str(s.seed + rep), "--workers", str(opts.workers),
+                       "--save", name, "--report_freq", str(max(1, spe // 2)),
+                       "--eval-freq", str(total), "--device", opts.device,
+                       "--dropout", str(s.subnet_dropout), *s.augment_flags()]
+                sec = run_stage(f"subnet {name}", cmd, folder,
+                                os.path.join(folder, "logs", f"{name}.log"), opts)
+                timing.add(os.path.basename(folder), sec)
+                with open(result_path) as f:
+                    r = json.load(f)
+                seed_note = f", seed {s.seed + rep}" if s.truth_seeds > 1 else ""
+                opts.log(f"subnet {k + 1}/{n}{seed_note} ({archs['flops'][k] / 1e6:.2f}M FLOPs): "
+                         f"top-1 {r['final_acc_top1']:.2f}% in {sec:.0f}s")
             with open(result_path) as f:
                 r = json.load(f)
-            opts.log(f"subnet {k + 1}/{n} ({archs['flops'][k] / 1e6:.2f}M FLOPs): top-1 "
-                     f"{r['final_acc_top1']:.2f}% in {sec:.0f}s")
-        with open(result_path) as f:
-            r = json.load(f)
-        if [int(a) for a in r["arch"]] != [int(a) for a in arch]:
-            raise UserError(f"{result_path} is for another architecture; remove it")
-        results.append(dict(top1=float(r["final_acc_top1"]), best_top1=float(r["best_acc_top1"]),
-                            iters=int(r["iters"]), train_time=float(r.get("train_time", 0.0))))
-    return results
+            if [int(a) for a in r["arch"]] != [int(a) for a in arch]:
+                raise UserError(f"{result_path} is for another architecture; remove it")
+            runs[k].append(r)
+    return [dict(top1=float(np.mean([r["final_acc_top1"] for r in rs])),
+                 top1_per_seed=[float(r["final_acc_top1"]) for r in rs],
+                 iters=int(rs[0]["iters"]),
+                 train_time=float(sum(r.get("train_time", 0.0) for r in rs)))
+            for rs in runs]
+
+
+def truth_reliability(truth_runs: list[dict], resamples: int, seed: int) -> dict | None:
+    """How well the ground truth ranks itself: tau/rho between two training seeds.
+
+    A predictor cannot be expected to agree with the truth better than two trainings of
+    the same subnets agree with each other; None with a single seed.
+    """
+    from utils.ranking import bootstrap_indices, correlate
+    per_seed = np.array([r["top1_per_seed"] for r in truth_runs], dtype=np.float64)
+    if per_seed.shape[1] < 2:
+        return None
+    st = correlate(per_seed[:, 0], per_seed[:, 1], bootstrap_indices(len(per_seed), resamples,
+                                                                     seed))
+    return dict(between="seed 0 vs seed 1 top-1", tau=st["tau"], tau_ci=st["tau_ci"],
+                rho=st["rho"], rho_ci=st["rho_ci"],
+                mean_abs_diff=float(np.abs(per_seed[:, 0] - per_seed[:, 1]).mean()))
 
 
 # ---- stage 4: scores -----------------------------------------------------------------
@@ -470,7 +540,9 @@ def run_study(s: StudySettings, opts: RunOptions) -> dict:
     sub_folder = os.path.join(opts.out, keys["subnets"])
     _mark(sub_folder, dict(data=data["id"], space_flags=s.space_flags(), seed=s.seed,
                            n=s.subnets, epochs=s.subnet_epochs, batch=s.subnet_batch,
-                           lr=s.subnet_lr, flops_limit=s.flops_limit))
+                           lr=s.subnet_lr, flops_limit=s.flops_limit,
+                           dropout=s.subnet_dropout, min_scale=s.min_scale,
+                           lighting=s.lighting))
     archs = sample_archs(s, cfg, sub_folder)
     log(f"{len(archs['archs'])} architectures from {min(archs['flops']) / 1e6:.2f}M to "
         f"{max(archs['flops']) / 1e6:.2f}M FLOPs (limit {archs['flops_limit'] / 1e6:.2f}M)")
@@ -521,8 +593,13 @@ def run_study(s: StudySettings, opts: RunOptions) -> dict:
         config_text=cfg.describe(), flops_limit=archs["flops_limit"],
         flops_limit_rule=archs["flops_limit_rule"],
         data={k: data[k] for k in ("source", "train_images", "val_images", "classes")},
-        ground_truth=dict(metric="final validation top-1 (%) after training from scratch",
+        ground_truth=dict(metric="final validation top-1 (%) after training from scratch, "
+                                 "mean over the training seeds",
+                          seeds=[s.seed + r for r in range(s.truth_seeds)],
+                          reliability=truth_reliability(truth_runs, opts.bootstrap, s.seed),
                           epochs=s.subnet_epochs, batch=s.subnet_batch, lr=s.subnet_lr,
+                          dropout=s.subnet_dropout, min_scale=s.min_scale,
+                          lighting=s.lighting,
                           iterations=truth_runs[0]["iters"], val_images=data["val_images"],
                           min=float(truth.min()), max=float(truth.max()),
                           mean=float(truth.mean()), std=float(truth.std())),
@@ -534,6 +611,9 @@ def run_study(s: StudySettings, opts: RunOptions) -> dict:
         subnets=subnets,
         predictors={k: {kk: vv for kk, vv in v.items()} for k, v in stats.items()},
         curves=curves,
+        # How far each supernet got (chance: loss ln(classes), top-1 100/classes).
+        supernet_training={mode: supernet_curve(os.path.join(opts.out, keys[f"supernet_{mode}"]))
+                           for mode in ("bn", "spos")},
         folders=keys,
         timing=dict(stage_seconds=stage_seconds,
                     stage_total_seconds=round(sum(stage_seconds.values()), 1),
