@@ -18,8 +18,8 @@ from utils.arch_sampling import stratified_by_flops
 from utils.flops import load_table
 from utils.ranking import (average_ranks, bootstrap_indices, correlate, interval,
                            kendall_tau, paired_difference, spearman_rho)
-from utils.ranking_study import (StudySettings, rank_statistics, stage_keys, stop_gracefully,
-                                 truth_reliability)
+from utils.ranking_study import (StudySettings, noisy_truth_warning, rank_statistics, stage_keys,
+                                 stop_gracefully, truth_reliability)
 from utils.search_limits import cost_range, default_flops_limit
 from utils.spaces import get_space, make_config
 
@@ -198,6 +198,7 @@ def test_quick_study_runs_resumes_and_reports(tmp_path):
                    for c in curve)
     # The quick mode trains one seed: no seed-to-seed reliability to report.
     assert rep["ground_truth"]["seeds"] == [0] and rep["ground_truth"]["reliability"] is None
+    assert rep["ground_truth"]["warning"] is None
     assert all(len(x["top1_per_seed"]) == 1 and x["top1_per_seed"][0] == x["top1"]
                for x in subs)
     for name in rep["plots"]:
@@ -292,3 +293,7 @@ def test_truth_reliability_is_seed_against_seed():
     assert rel["rho"] == pytest.approx(spearman_rho(a, b))
     assert rel["mean_abs_diff"] == pytest.approx((1 + 2 + 2 + 1 + 1) / 5)
     assert truth_reliability([dict(top1_per_seed=[x]) for x in a], 100, 0) is None
+    # tau 0.6 is reliable enough to read predictors against; 0.2 is not, and says so.
+    assert noisy_truth_warning(rel) is None and noisy_truth_warning(None) is None
+    warn = noisy_truth_warning(dict(rel, tau=0.2))
+    assert "tau +0.20" in warn and "mean |difference| 1.4" in warn and "--subnet-epochs" in warn

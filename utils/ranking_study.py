@@ -428,6 +428,20 @@ def train_subnets(s: StudySettings, data: dict, archs: dict, opts: RunOptions,
             for rs in runs]
 
 
+# Seed-to-seed tau of the ground truth below which the study says it cannot conclude.
+NOISY_TRUTH_TAU = 0.5
+
+
+def noisy_truth_warning(reliability: dict | None) -> str | None:
+    """The report's warning when the ground truth disagrees with itself too much."""
+    if not reliability or reliability["tau"] is None or reliability["tau"] >= NOISY_TRUTH_TAU:
+        return None
+    return (f"the ground truth is noisy (two trainings of the same subnets agree only to tau "
+            f"{reliability['tau']:+.2f}, mean |difference| {reliability['mean_abs_diff']:.1f} "
+            f"points): no predictor can rank much better than that against it; a longer "
+            f"--subnet-epochs budget is needed for a conclusive study")
+
+
 def truth_reliability(truth_runs: list[dict], resamples: int, seed: int) -> dict | None:
     """How well the ground truth ranks itself: tau/rho between two training seeds.
 
@@ -588,6 +602,7 @@ def run_study(s: StudySettings, opts: RunOptions) -> dict:
     stage_seconds = {k: round(timing.data[k], 1) for k in ["data", *keys.values()]
                      if k in timing.data}
     n = len(truth)
+    reliability = truth_reliability(truth_runs, opts.bootstrap, s.seed)
     report = dict(
         version=VERSION, settings=dataclasses.asdict(s), config=cfg.to_dict(),
         config_text=cfg.describe(), flops_limit=archs["flops_limit"],
@@ -596,7 +611,8 @@ def run_study(s: StudySettings, opts: RunOptions) -> dict:
         ground_truth=dict(metric="final validation top-1 (%) after training from scratch, "
                                  "mean over the training seeds",
                           seeds=[s.seed + r for r in range(s.truth_seeds)],
-                          reliability=truth_reliability(truth_runs, opts.bootstrap, s.seed),
+                          reliability=reliability,
+                          warning=noisy_truth_warning(reliability),
                           epochs=s.subnet_epochs, batch=s.subnet_batch, lr=s.subnet_lr,
                           dropout=s.subnet_dropout, min_scale=s.min_scale,
                           lighting=s.lighting,
