@@ -24,7 +24,7 @@ SEARCH_PNGS = ["search_flops_vs_score.png", "search_generations.png",
 
 
 @pytest.fixture(autouse=True)
-def _tables_env(search_table_dir, monkeypatch):  # noqa: F811
+def _tables_env(search_table_dir, monkeypatch):  # noqa: F811 - the shared fixture
     monkeypatch.setenv("BNNAS_TABLE_DIR", search_table_dir)
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import run_env
 from utils.arch_sampling import stratified_by_flops
+from utils.cli import UserError
 from utils.flops import load_table
 from utils.ranking import (average_ranks, bootstrap_indices, correlate, interval,
                            kendall_tau, paired_difference, spearman_rho)
@@ -268,6 +269,20 @@ def test_bad_requests_fail_fast_in_one_line(tmp_path):
     r = _study(str(tmp_path / "s2"), "--subnets", "2")
     assert r.returncode == 2 and r.stderr.strip() == (
         "error: --subnets must be >= 3 for a rank correlation, got 2")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("min_scale", 0.0, "--min-scale must be in (0, 1], got 0.0"),
+    ("min_scale", 1.5, "--min-scale must be in (0, 1], got 1.5"),
+    ("lighting", -0.1, "--lighting must be >= 0, got -0.1"),
+    ("subnet_dropout", 1.0, "--subnet-dropout must be in [0, 1), got 1.0"),
+    ("truth_seeds", 0, "--truth-seeds must be >= 1, got 0"),
+])
+def test_settings_name_the_bad_value(field, value, message):
+    with pytest.raises(UserError) as e:
+        dataclasses.replace(StudySettings(), **{field: value}).check()
+    assert str(e.value) == message
+    StudySettings().check()  # the defaults pass
 
 
 def test_an_interrupted_stage_gets_to_save(tmp_path):

@@ -98,8 +98,10 @@ class StudySettings:
             raise UserError(f"--subnets must be >= 3 for a rank correlation, got {self.subnets}")
         if not 0.0 < self.min_scale <= 1.0:
             raise UserError(f"--min-scale must be in (0, 1], got {self.min_scale}")
-        if self.lighting < 0 or not 0.0 <= self.subnet_dropout < 1.0:
-            raise UserError("--lighting must be >= 0 and --subnet-dropout in [0, 1)")
+        if self.lighting < 0:
+            raise UserError(f"--lighting must be >= 0, got {self.lighting}")
+        if not 0.0 <= self.subnet_dropout < 1.0:
+            raise UserError(f"--subnet-dropout must be in [0, 1), got {self.subnet_dropout}")
         if self.source not in ("auto", "slice", "debian"):
             raise UserError(f"--source must be auto, slice or debian, got {self.source}")
 
@@ -411,15 +413,16 @@ def train_subnets(s: StudySettings, data: dict, archs: dict, opts: RunOptions,
                 sec = run_stage(f"subnet {name}", cmd, folder,
                                 os.path.join(folder, "logs", f"{name}.log"), opts)
                 timing.add(os.path.basename(folder), sec)
-                with open(result_path) as f:
-                    r = json.load(f)
-                seed_note = f", seed {s.seed + rep}" if s.truth_seeds > 1 else ""
-                opts.log(f"subnet {k + 1}/{n}{seed_note} ({archs['flops'][k] / 1e6:.2f}M FLOPs): "
-                         f"top-1 {r['final_acc_top1']:.2f}% in {sec:.0f}s")
+            else:
+                sec = None
             with open(result_path) as f:
                 r = json.load(f)
             if [int(a) for a in r["arch"]] != [int(a) for a in arch]:
                 raise UserError(f"{result_path} is for another architecture; remove it")
+            if sec is not None:
+                seed_note = f", seed {s.seed + rep}" if s.truth_seeds > 1 else ""
+                opts.log(f"subnet {k + 1}/{n}{seed_note} ({archs['flops'][k] / 1e6:.2f}M FLOPs): "
+                         f"top-1 {r['final_acc_top1']:.2f}% in {sec:.0f}s")
             runs[k].append(r)
     return [dict(top1=float(np.mean([r["final_acc_top1"] for r in rs])),
                  top1_per_seed=[float(r["final_acc_top1"]) for r in rs],
