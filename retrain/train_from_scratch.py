@@ -27,8 +27,8 @@ import torch
 
 from utils import checkpoint as ckpt
 from utils.cli import UserError, add_space_args, main_guard
-from utils.data import (DEFAULT_INPUT_FORMAT, add_augment_args, add_data_args, augment_kwargs,
-                        build_train_loader, build_val_loader)
+from utils.data import (DEFAULT_INPUT_FORMAT, DEFAULT_RESIZE_MODE, add_augment_args,
+                        add_data_args, augment_kwargs, build_train_loader, build_val_loader)
 from utils.dist import (DistEnv, add_launcher_args, all_gather_objects, all_reduce_sum, barrier,
                         cleanup, describe, setup)
 from utils.engine import (Amp, GracefulStop, MetricsLogger, ProgressBar, Timer, add_amp_args,
@@ -44,8 +44,8 @@ from utils.validate import EvalResult, evaluate
 # Settings that fix which samples and LR each iteration gets: a checkpoint made with other
 # values cannot be continued exactly, so resuming with them changed is refused.
 RUN_DEFINING = ("seed", "batch_size", "total_iters", "steps_per_epoch")
-HYPER = ("learning_rate", "momentum", "weight_decay", "grad_clip", "label_smooth", "amp",
-         "dropout")
+HYPER = ("learning_rate", "momentum", "weight_decay", "decay_params", "grad_clip",
+         "label_smooth", "amp", "dropout")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="Space flags not given come from the search log (--arch-from) or the evaluated "
                "checkpoint, else the ImageNet defaults; --classes then defaults to the number "
                "of class folders of the data. When resuming or evaluating, --input-format "
-               "defaults to the checkpoint's (bgr255 for the reference's checkpoints).")
+               "and --resize-mode default to the checkpoint's (bgr255 and linear, the "
+               "original's OpenCV resize, for the reference's checkpoints).")
     p.add_argument("--train_dir", "--train-dir", dest="train_dir", default=None,
                    help="ImageFolder training set (<dir>/<class>/<image>)")
     p.add_argument("--test_dir", "--test-dir", dest="test_dir", default=None,
@@ -74,7 +75,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      "(default: 0.5)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
     p.add_argument("--weight_decay", "--weight-decay", dest="weight_decay", type=float,
-                   default=4e-5, help="on conv and classifier weights only (default: 4e-5)")
+                   default=4e-5, help="(default: 4e-5) on the parameters --decay-params names")
+    p.add_argument("--decay-params", "--decay_params", dest="decay_params", default="conv",
+                   choices=("conv", "conv+linear-weight"),
+                   help="which parameters weight decay applies to: conv = the 4-D conv "
+                        "weights only, what the original's decay group amounts to in its "
+                        "retrained network (default); conv+linear-weight = also the "
+                        "classifier's weight, as this project did before")
     p.add_argument("--epochs", type=int, default=240, help="(default: 240)")
     p.add_argument("--total_iters", "--total-iters", dest="total_iters", type=int, default=None,
                    help="number of iterations; overrides --epochs")
@@ -222,6 +229,31 @@ def _saved_args(args: argparse.Namespace) -> dict:
 
 # ---- --eval ----------------------------------------------------------------------------
 
+def eval_data_settings(args: argparse.Namespace,
+                       loaded: SubnetCheckpoint) -> tuple[str, str, str]:
+    """(input format, resize mode, where the resize mode came from) for --eval.
+
+    Flags given win; else the conventions the weights were trained and validated with:
+    this project's checkpoints record theirs (older ones: rgb / antialias), the original's
+    retrained checkpoints were fed BGR 0-255 images resized by OpenCV INTER_LINEAR without
+    antialiasing (its 75.464% top-1 is measured that way).
+    """
+    if loaded.kind == "subnet":
+        saved = loaded.raw.get("args") or {}
+        saved_format, saved_resize = saved.get("input_format"), saved.get("resize_mode")
+    else:
+        saved_format, saved_resize = "bgr255", "linear"
+    input_format = args.input_format or saved_format or DEFAULT_INPUT_FORMAT
+    resize_mode = args.resize_mode or saved_resize or DEFAULT_RESIZE_MODE
+    if args.resize_mode:
+        note = "--resize-mode"
+    elif loaded.kind == "reference":
+        note = "default for the original's checkpoints: its OpenCV resize"
+    else:
+        note = "the checkpoint's" if saved_resize else "default"
+    return input_format, resize_mode, note
+
+
 def run_eval(args: argparse.Namespace, env: DistEnv) -> int:
     save_dir = f"eval-{args.save or 'retrain'}"
     path = args.eval_resume or os.path.join(save_dir, "best.pth.tar")
@@ -233,17 +265,12 @@ def run_eval(args: argparse.Namespace, env: DistEnv) -> int:
     state = subnet_state(loaded, space, arch)
     net = space.subnet(arch, dropout=args.dropout)
     load_subnet_state(net, state, path, space.format(arch))
-    # Default to the input convention the weights were trained with (the reference: BGR).
-    if loaded.kind == "subnet":
-        saved_format = (loaded.raw.get("args") or {}).get("input_format")
-    else:
-        saved_format = "bgr255"
-    input_format = args.input_format or saved_format or DEFAULT_INPUT_FORMAT
+    input_format, resize_mode, resize_note = eval_data_settings(args, loaded)
     log = RunLog(env, None)
     log(describe_arch(space, arch, cfg, source))
     per_rank = max(1, args.batch_size // env.world_size)
     loader = build_val_loader(args.test_dir, cfg.input_size, per_rank, env, args.workers,
-                              input_format, classes=cfg.classes)
+                              input_format, classes=cfg.classes, resize_mode=resize_mode)
     amp = Amp(args.amp, env.device)
     channels_last = resolve_channels_last(args.channels_last, env.device)
     net = net.to(env.device)
@@ -251,7 +278,8 @@ def run_eval(args: argparse.Namespace, env: DistEnv) -> int:
         net = net.to(memory_format=torch.channels_last)
     log(f"evaluating {path} ({'reference' if loaded.kind == 'reference' else 'subnet'} "
         f"checkpoint, iteration {loaded.iters}) on {loader.num_samples} images of "
-        f"{args.test_dir}; input {input_format}; {describe(env)}")
+        f"{args.test_dir}; input {input_format}; resize {resize_mode} ({resize_note}); "
+        f"{describe(env)}")
     res = evaluate(net, loader, env, amp=amp, channels_last=channels_last,
                    progress=_val_progress(env, len(loader), "eval"))
     if env.is_main:
@@ -263,7 +291,8 @@ def run_eval(args: argparse.Namespace, env: DistEnv) -> int:
                                         valid_loss=res.loss, correct_top1=res.correct1,
                                         correct_top5=res.correct5, samples=res.samples,
                                         checkpoint=path, arch=list(arch), config=cfg.to_dict(),
-                                        input_format=input_format), out)
+                                        input_format=input_format,
+                                        resize_mode=resize_mode), out)
             print(f"wrote {out}", flush=True)
     return 0
 
@@ -271,7 +300,8 @@ def run_eval(args: argparse.Namespace, env: DistEnv) -> int:
 # ---- training --------------------------------------------------------------------------
 
 def check_resume(state: dict, path: str, cfg: SpaceConfig, arch, run: dict,
-                 args: argparse.Namespace, input_format: str, log: RunLog) -> None:
+                 args: argparse.Namespace, input_format: str, log: RunLog,
+                 resize_mode: str = DEFAULT_RESIZE_MODE) -> None:
     """Refuse a checkpoint that is not this run's, with a one-line reason."""
     if state.get("kind") != "subnet":
         what = state.get("kind") or "not written by this project's retraining"
@@ -287,6 +317,10 @@ def check_resume(state: dict, path: str, cfg: SpaceConfig, arch, run: dict,
     saved_format = (state.get("args") or {}).get("input_format")
     if saved_format and saved_format != input_format:
         diffs.append(f"input_format: {saved_format} vs {input_format}")
+    # Checkpoints from before --resize-mode existed were made with the antialiased resize.
+    saved_resize = (state.get("args") or {}).get("resize_mode") or DEFAULT_RESIZE_MODE
+    if saved_resize != resize_mode:
+        diffs.append(f"resize_mode: {saved_resize} vs {resize_mode}")
     if diffs:
         raise UserError(f"checkpoint {path} was made with other run settings "
                         f"({'; '.join(diffs)}; checkpoint vs now): rerun with the original "
@@ -319,14 +353,18 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
     ckpt_path, best_path = (os.path.join(save_dir, n)
                             for n in ("checkpoint.pth.tar", "best.pth.tar"))
     state = ckpt.load(ckpt_path) if os.path.exists(ckpt_path) else None
-    # Resuming without --input-format keeps the convention the run was started with.
-    saved_format = ((state or {}).get("args") or {}).get("input_format")
-    input_format = args.input_format or saved_format or DEFAULT_INPUT_FORMAT
+    # Resuming without --input-format / --resize-mode keeps what the run was started with.
+    saved = (state or {}).get("args") or {}
+    input_format = args.input_format or saved.get("input_format") or DEFAULT_INPUT_FORMAT
+    # One resize for training crops and validation; recorded in the checkpoint's args.
+    resize_mode = args.resize_mode or saved.get("resize_mode") or DEFAULT_RESIZE_MODE
+    args.resize_mode = resize_mode
     loader = build_train_loader(args.train_dir, cfg.input_size, args.batch_size, env,
                                 args.workers, args.seed, input_format=input_format,
                                 classes=cfg.classes, **augment_kwargs(args))
     val_loader = build_val_loader(args.test_dir, cfg.input_size, loader.batch_size_per_rank,
-                                  env, args.workers, input_format, classes=cfg.classes)
+                                  env, args.workers, input_format, classes=cfg.classes,
+                                  resize_mode=resize_mode)
     unknown = [c for c in val_loader.classes if c not in loader.classes]
     if unknown or val_loader.classes != loader.classes[:len(val_loader.classes)]:
         # ImageFolder numbers classes by sorted folder name: other folders, other labels.
@@ -341,7 +379,7 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
     eval_freq = args.eval_freq or spe
     args.dropout = space.default_dropout if args.dropout is None else args.dropout
     if state is not None:
-        check_resume(state, ckpt_path, cfg, arch, run, args, input_format, log)
+        check_resume(state, ckpt_path, cfg, arch, run, args, input_format, log, resize_mode)
         if int(state["iters"]) >= total:
             report_finished(state, ckpt_path, log)
             return 0
@@ -356,7 +394,7 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
     trainer = SubnetTrainer(net, env, total_iters=total, lr=args.learning_rate,
                             momentum=args.momentum, weight_decay=args.weight_decay,
                             grad_clip=args.grad_clip, label_smooth=args.label_smooth, amp=amp,
-                            channels_last=channels_last)
+                            channels_last=channels_last, decay_policy=args.decay_params)
     start, prior_time = 0, 0.0
     best = dict(top1=-1.0, top5=0.0, iters=0)
     last_eval: dict = {}
@@ -374,12 +412,13 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
 
     log(describe_arch(space, arch, cfg, source) + "\n"
         f"data: {len(loader.dataset)} training images, {loader.num_classes} classes, "
-        f"{val_loader.num_samples} validation images; input {input_format}\n"
+        f"{val_loader.num_samples} validation images; input {input_format}; resize "
+        f"{resize_mode}\n"
         f"batch {args.batch_size} global, {loader.batch_size_per_rank} per process; "
         f"{spe} iterations/epoch; {describe(env)}; amp={args.amp}; "
         f"channels_last={channels_last}; dropout {args.dropout}\n"
         f"SGD lr {args.learning_rate} (linear to 0) momentum {args.momentum} wd "
-        f"{args.weight_decay} (conv/linear weights), label smoothing {args.label_smooth}, "
+        f"{args.weight_decay} ({args.decay_params} weights), label smoothing {args.label_smooth}, "
         f"grad-norm clip {args.grad_clip}; validation every {eval_freq} iterations\n"
         + (f"resuming from {ckpt_path} at iteration {start}/{total}" if start
            else f"training {total} iterations -> {save_dir}/"))

@@ -5,6 +5,7 @@
 
 Reads ./checkpoint.pth.tar (ours, or a reference BN-NAS supernet), writes
 log/ea_results.pth.tar and log/ea_results.json; rerun the same command to resume.
+--flops-limit takes MFLOPs (475, 475M) or, as the reference, multiply-adds (475e6).
 `python3 ea.py -h` lists the flags; the logic lives in utils/search_run.py.
 """
 import os

@@ -3,9 +3,10 @@
 
     cd search && python3 eval.py [--log-dir log] [--topk 10] [--json] [--plot [--plot-dir D]]
 
-Reads log/ea_results.json (or ea_results.pth.tar, ours or the reference release's) and
-prints every logged candidate plus the exact optimum, deduplicated, best score first:
-the architecture string (ready for retrain's --model_id), score, FLOPs and params.
+Reads log/ea_results.json (or ea_results.pth.tar, ours or the reference release's, BN-NAS
+or SPOS) and prints every logged candidate plus the exact optimum, deduplicated, best
+score first: the architecture string (ready for retrain's --model_id), score, FLOPs and
+params; for an original SPOS log the score is top-1 % and top-5 % is shown too.
 The first line is what retrain's --arch-from LOG_DIR picks (utils.search_log.best_arch).
 --plot also draws the log (utils.plots.plot_search_log) into the log folder or --plot-dir.
 """
@@ -51,21 +52,28 @@ def main(argv=None) -> None:
         print(json.dumps(dict(log_dir=args.log_dir, source=log.get("source"),
                               config=log.get("config"), score_kind=log.get("score_kind"),
                               flops_limit=log.get("flops_limit"), top=top,
+                              **({"score_note": log["score_note"]} if "score_note" in log
+                                 else {}),
                               **(dict(plots=plots) if args.plot else {}))))
         return
     kind = log.get("score_kind")
-    what = {"indicator": "BN indicator", "accuracy": "top-1 %"}.get(kind, "score")
+    what = log.get("score_note") or {"indicator": "BN indicator",
+                                     "accuracy": "top-1 %"}.get(kind, "score")
+    top5 = any(c.get("top5") is not None for c in top)  # an original SPOS log
     print(f"{args.log_dir}: {len(log.get('candidates') or [])} candidates "
           f"({what}; source {log.get('source')})")
     if not top:
         print("no scored candidates")
     else:
         print(f"{'#':>3}  {'architecture (--model_id)':<{max(len(c['arch_str']) for c in top)}}  "
-              f"{'score':>9}  {'FLOPs':>9}  {'params':>7}  found by")
+              f"{'score':>9}  " + (f"{'top-5':>9}  " if top5 else "")
+              + f"{'FLOPs':>9}  {'params':>7}  found by")
     for i, c in enumerate(top):
         gen = "" if c.get("generation") is None else f" (gen {c['generation']})"
-        print(f"{i + 1:>3}  {c['arch_str']}  {c['score']:>9.4f}  {_m(c.get('flops')):>9}  "
-              f"{_m(c.get('params')):>7}  {c['found_by']}{gen}")
+        t5 = "" if not top5 else ("-" if c.get("top5") is None else f"{c['top5']:.4f}")
+        print(f"{i + 1:>3}  {c['arch_str']}  {c['score']:>9.4f}  "
+              + (f"{t5:>9}  " if top5 else "")
+              + f"{_m(c.get('flops')):>9}  {_m(c.get('params')):>7}  {c['found_by']}{gen}")
     for note in notes:
         print(f"note: {note}")
     for path in plots:

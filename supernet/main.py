@@ -29,9 +29,9 @@ from utils.engine import (Amp, GracefulStop, MetricsLogger, ProgressBar, Timer, 
                           metrics_path_for, resolve_channels_last, rng_state, seed_everything,
                           set_rng_state)
 from utils.spaces import get_space
-from utils.supernet_train import SupernetTrainer
+from utils.supernet_train import BN_PARAM_CHOICES, SupernetTrainer
 
-# Defaults from SPEC.md section 5: BN-NAS trains 10 epochs, the SPOS baseline 100.
+# The original's defaults (docs/method.md, "Recipes"): BN-NAS trains 10 epochs, SPOS 100.
 EPOCHS_BN_NAS, EPOCHS_SPOS = 10, 100
 # Settings that fix which samples, paths and LR each iteration gets: a checkpoint made with
 # other values cannot be continued exactly, so resuming with them changed is refused.
@@ -52,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="final LR of the per-iteration linear decay")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight_decay", "--weight-decay", dest="weight_decay", type=float,
-                   default=4e-5, help="on conv and classifier weights only")
+                   default=4e-5, help="on every conv weight and the classifier's weight and "
+                                      "bias (the original's decay group), never on BN")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"default {EPOCHS_BN_NAS} (BN-NAS), {EPOCHS_SPOS} with --train-all")
     p.add_argument("--total_iters", "--total-iters", dest="total_iters", type=int, default=None,
@@ -67,6 +68,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-all", "--train_all", dest="train_all", action="store_true",
                    help="SPOS baseline: train every parameter (default: BN-NAS, only the "
                         "indicator BN gamma/beta of each candidate op)")
+    g = p.add_argument_group("ablations of BN-only training (not the original's)")
+    g.add_argument("--bn-params", "--bn_params", dest="bn_params", default="indicator",
+                   choices=BN_PARAM_CHOICES,
+                   help="which BN affine parameters train: indicator = the last BN of each "
+                        "candidate op (the original); all = every BN's gamma and beta")
+    g.add_argument("--train-classifier", "--train_classifier", dest="train_classifier",
+                   action="store_true", help="also train the classifier's weight and bias "
+                                             "(the original keeps it frozen at init)")
     p.add_argument("--checkpoint", default="./checkpoint.pth.tar",
                    help="checkpoint to write, and to resume from when it exists")
     p.add_argument("--save-freq", "--save_freq", dest="save_freq", type=int, default=0,
@@ -84,6 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.epochs is None:
         args.epochs = EPOCHS_SPOS if args.train_all else EPOCHS_BN_NAS
+    if args.train_all and (args.bn_params != "indicator" or args.train_classifier):
+        raise UserError("--bn-params and --train-classifier choose what a BN-only supernet "
+                        "trains; with --train-all every parameter trains already")
     for name in ("batch_size", "epochs", "report_freq"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -100,6 +112,15 @@ def _saved_args(args: argparse.Namespace) -> dict:
             if v is None or isinstance(v, (bool, int, float, str))}
 
 
+def trainable_of(args: argparse.Namespace) -> dict:
+    return dict(bn_params=args.bn_params, train_classifier=bool(args.train_classifier))
+
+
+def _describe_trainable(t: dict) -> str:
+    bns = "the indicator BNs" if t["bn_params"] == "indicator" else "every BN"
+    return bns + (" and the classifier" if t["train_classifier"] else "")
+
+
 def check_resume(state: dict, path: str, cfg, run: dict, args: argparse.Namespace,
                  env: DistEnv) -> None:
     """Refuse a checkpoint that is not this run's, with a one-line reason."""
@@ -112,6 +133,12 @@ def check_resume(state: dict, path: str, cfg, run: dict, args: argparse.Namespac
         saved = "--train-all (SPOS)" if state.get("train_all") else "BN-only (BN-NAS)"
         asked = "--train-all (SPOS)" if args.train_all else "BN-only (BN-NAS)"
         raise UserError(f"checkpoint {path} is a {saved} supernet but this run is {asked}")
+    saved_trainable = state.get("trainable") or dict(bn_params="indicator",
+                                                     train_classifier=False)
+    if saved_trainable != trainable_of(args):
+        raise UserError(f"checkpoint {path} trained {_describe_trainable(saved_trainable)} but "
+                        f"this run trains {_describe_trainable(trainable_of(args))}: use the "
+                        f"same --bn-params/--train-classifier or another --checkpoint")
     diffs = [f"{k}: {state.get(k)} vs {run[k]}" for k in RUN_DEFINING if state.get(k) != run[k]]
     if diffs:
         raise UserError(f"checkpoint {path} was made with other run settings "
@@ -131,7 +158,8 @@ def save(path: str, trainer: SupernetTrainer, cfg, args, run: dict, it: int, env
         return
     state = dict(kind="supernet", config=cfg.to_dict(),
                  state_dict=ckpt.clean_state_dict(trainer.net.state_dict()),
-                 train_all=args.train_all, iter=it, epoch=it // run["steps_per_epoch"],
+                 train_all=args.train_all, trainable=trainable_of(args), iter=it,
+                 epoch=it // run["steps_per_epoch"],
                  seed=args.seed, total_iters=run["total_iters"],
                  steps_per_epoch=run["steps_per_epoch"], batch_size=args.batch_size,
                  sampler=dict(seed=args.seed, epoch=it // run["steps_per_epoch"],
@@ -190,7 +218,8 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
     trainer = SupernetTrainer(space, net, env, train_all=args.train_all, seed=args.seed,
                               total_iters=total, lr=args.learning_rate, min_lr=args.min_lr,
                               momentum=args.momentum, weight_decay=args.weight_decay,
-                              grad_clip=args.grad_clip, label_smooth=args.label_smooth, amp=amp)
+                              grad_clip=args.grad_clip, label_smooth=args.label_smooth, amp=amp,
+                              bn_params=args.bn_params, train_classifier=args.train_classifier)
     start, prior_time = 0, 0.0
     if state is not None:
         net.load_state_dict(state["state_dict"])
@@ -200,7 +229,8 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
 
     n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
     if env.is_main:
-        mode = "SPOS (all parameters)" if args.train_all else "BN-NAS (indicator BNs only)"
+        mode = ("SPOS (all parameters)" if args.train_all
+                else f"BN-NAS ({_describe_trainable(trainable_of(args))})")
         print(f"supernet: {cfg.describe()}\n"
               f"mode: {mode}; {n_train:,} trainable of "
               f"{sum(p.numel() for p in net.parameters()):,} parameters\n"

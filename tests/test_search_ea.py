@@ -356,3 +356,89 @@ def test_eval_reads_a_reference_log(tmp_path, capsys):
     assert r["top"][0]["flops"] == 473_549_240  # from our table, not the log's numbers
     arch, cfg = best_arch(str(d))
     assert arch == bnnas and cfg == make_config("mobilenet", **IMAGENET)
+
+
+def test_memory_holds_each_generations_population(hand_run):
+    """`memory` as the reference's: generation g's population (tuples indexing vis_dict);
+    the top select_num after each generation is `keep_top_history`."""
+    obj = torch.load(os.path.join(hand_run["log"], "ea_results.pth.tar"), weights_only=True)
+    assert obj["version"] == 2 and len(obj["memory"]) == obj["epoch"] == 20
+    assert len(obj["keep_top_history"]) == 20
+    vis = obj["vis_dict"]
+    for g, pop in enumerate(obj["memory"]):
+        assert pop == [tuple(c) for c in obj["populations"][g]] and len(pop) == 50
+        assert all(isinstance(c, tuple) and vis[c]["generation"] == g for c in pop)
+    # The top-k after generation g is the best 10 of the populations 0..g.
+    for g in (0, 7, 19):
+        seen = {c for pop in obj["memory"][:g + 1] for c in pop}
+        best = sorted(seen, key=lambda c: (-vis[c]["score"], vis[c]["flops"], vis[c]["params"],
+                                           c))[:10]
+        assert obj["keep_top_history"][g] == [list(c) for c in best], g
+    assert obj["keep_top_history"][-1] == [list(c) for c in obj["keep_top_k"][10]]
+
+
+def test_version_1_log_resumes_or_is_refused(hand_run, tmp_path, capsys):
+    """A log of ours from before keep_top_history (memory = the top-k history) resumes to
+    the same end as an uninterrupted run; one without populations is refused in one line."""
+    ck = os.path.join(hand_run["dir"], "slim.pth.tar")
+    common = ["--checkpoint", ck, "--max-epochs", "5", "--flops-limit", "1.2"]
+    assert run_ea(capsys, common + ["--log-dir", str(tmp_path / "a")])[0] == 0
+    for name in ("b", "c", "d"):
+        assert run_ea(capsys, common + ["--log-dir", str(tmp_path / name),
+                                        "--stop-after-generation", "2"])[0] == 0
+        pth = str(tmp_path / name / "ea_results.pth.tar")
+        obj = torch.load(pth, weights_only=True)
+        obj["memory"] = obj.pop("keep_top_history")  # what version 1 wrote
+        obj["version"] = 1
+        if name == "d":
+            del obj["populations"]
+        save_atomic(obj, pth)
+    code, out, _ = run_ea(capsys, common + ["--log-dir", str(tmp_path / "b")])
+    assert code == 0 and "version-1 log" in out and "after generation 2 of 5" in out
+    pa = torch.load(str(tmp_path / "a" / "ea_results.pth.tar"), weights_only=True)
+    pb = torch.load(str(tmp_path / "b" / "ea_results.pth.tar"), weights_only=True)
+    assert pb["version"] == 2
+    for key in ("memory", "keep_top_history", "candidates", "vis_dict", "keep_top_k", "epoch"):
+        assert pa[key] == pb[key], key
+    # --method exact keeps the EA state of the log, rewritten in the new meaning.
+    code, out, _ = run_ea(capsys, common + ["--log-dir", str(tmp_path / "c"), "--method", "exact"])
+    assert code == 0 and "version-1 log" in out
+    pc = torch.load(str(tmp_path / "c" / "ea_results.pth.tar"), weights_only=True)
+    assert pc["version"] == 2 and pc["memory"] == pa["memory"][:2]
+    assert pc["keep_top_history"] == pa["keep_top_history"][:2]
+    msg = _error(capsys, common + ["--log-dir", str(tmp_path / "d")])
+    assert "older version" in msg and "cannot be resumed" in msg
+
+
+def test_eval_reads_an_original_spos_log(tmp_path, capsys):
+    """The original SPOS ea.py's log: vis_dict "err" is its tester's (top-1, top-5) error,
+    as fractions; eval.py lists it by top-1 accuracy, keeping top-5."""
+    a = (0, -1, 0, 0, 4, -1, -1, 2, 0, -1, 4, 4, 3, 0, 2, 1, 0, 4, 2, 5, 2)
+    b = (3, -1, 0, 4, 0, -1, -1, 0, 4, -1, 4, 4, 1, 4, 2, 0, 0, 4, 0, 2, 2)
+    c = (1, -1, 1, 1, 1, -1, -1, 1, 1, -1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)
+    big = (5, -1, 5, 5, 5, -1, -1, 5, 5, -1, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5)
+    vis = {a: {"flops": 466e6, "err": (0.3412, 0.1297), "visited": True},
+           b: {"flops": 470e6, "err": [0.3550, 0.1388], "visited": True},  # a list, too
+           c: {"flops": 410e6, "err": (0.3871, 0.1602), "visited": True},
+           big: {"flops": 600e6},  # over the limit: never scored
+           (0, -1, 0, 0, 0, -1, -1, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0): {}}
+    d = tmp_path / "log"
+    d.mkdir()
+    torch.save({"memory": [[c, b, a]], "candidates": [a, b, c], "vis_dict": vis,
+                "keep_top_k": {10: [a, b, c], 50: [a, b, c]}, "epoch": 1},
+               str(d / "ea_results.pth.tar"))
+    capsys.readouterr()
+    eval_main(["--log-dir", str(d), "--json"])
+    r = json.loads(capsys.readouterr().out)
+    assert r["source"] == "reference" and r["score_kind"] == "accuracy"
+    assert [t["arch"] for t in r["top"]] == [list(a), list(b), list(c)]
+    assert [t["score"] for t in r["top"]] == pytest.approx([65.88, 64.50, 61.29])
+    assert [t["top5"] for t in r["top"]] == pytest.approx([87.03, 86.12, 83.98])
+    assert r["top"][0]["generation"] == 0 and r["top"][0]["flops"] > 0
+    eval_main(["--log-dir", str(d)])
+    lines = capsys.readouterr().out.splitlines()
+    assert "3 candidates" in lines[0] and "top-1 %" in lines[0] and "top-5" in lines[1]
+    assert lines[2].split()[1:22] == [str(x) for x in a]
+    assert lines[2].split()[22:24] == ["65.8800", "87.0300"]
+    arch, _ = best_arch(str(d))
+    assert arch == a

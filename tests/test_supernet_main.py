@@ -123,6 +123,12 @@ def test_mismatched_checkpoints_are_refused(tiny_data, tmp_path, capsys):
     assert "BN-only (BN-NAS) supernet but this run is --train-all" in msg
     msg = _error([*base, "--total_iters", "5"], capsys)
     assert "total_iters: 1 vs 5" in msg
+    msg = _error([*base, "--total_iters", "1", "--bn-params", "all"], capsys)
+    assert "trained the indicator BNs but this run trains every BN" in msg
+    msg = _error([*base, "--total_iters", "1", "--train-all", "--train-classifier"], capsys)
+    assert "with --train-all every parameter trains already" in msg
+    assert torch.load(path, weights_only=True)["trainable"] == dict(bn_params="indicator",
+                                                                    train_classifier=False)
     torch.save(dict(kind="subnet", state_dict={}), path)
     assert "is not a supernet checkpoint of this project (subnet)" in _error(
         [*base, "--total_iters", "1"], capsys)

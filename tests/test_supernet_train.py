@@ -103,7 +103,7 @@ def test_an_op_not_sampled_in_a_step_gets_no_momentum_or_decay_update():
     assert all(p.grad is None for p in net.parameters())
 
 
-def test_train_all_trains_convolutions_and_decays_only_conv_and_linear_weights():
+def test_train_all_trains_convolutions_and_decays_conv_weights_and_the_classifier():
     space, net, trainer = _setup(train_all=True)
     before = _clone_state(net)
     arch = sample_path(space, 0, 0)
@@ -116,7 +116,8 @@ def test_train_all_trains_convolutions_and_decays_only_conv_and_linear_weights()
     decay = {id(p) for g in trainer.optimizer.param_groups if g["weight_decay"] > 0
              for p in g["params"]}
     for n, p in net.named_parameters():
-        assert (id(p) in decay) == (p.dim() >= 2), n
+        # the original's supernet decay group: 4-D conv weights, classifier weight and bias
+        assert (id(p) in decay) == (p.dim() == 4 or n.startswith("head.classifier.")), n
 
 
 def test_freeze_for_bn_nas_leaves_only_indicator_affine_trainable():
@@ -186,7 +187,8 @@ def test_prepare_batch_formats():
     y = torch.tensor([1, 2])
     light = torch.tensor([[0.01, -0.02, 0.03], [0.0, 0.0, 0.0]])
     x, _ = prepare_batch((img, y, light), torch.device("cpu"), "rgb")
-    ref = (img.float() + 255 * light.view(2, 3, 1, 1)) / 255
+    # lighting as the original: clipped to 0-255 and truncated to whole grey levels
+    ref = ((img.float() / 255 + light.view(2, 3, 1, 1)) * 255).clamp(0, 255).floor() / 255
     ref = (ref - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     assert torch.allclose(x, ref, atol=1e-5)
     x, _ = prepare_batch((img, y), torch.device("cpu"), "bgr255", channels_last=True)
@@ -224,3 +226,39 @@ def test_folder_index_matches_torchvision_imagefolder(tiny_data, tmp_path):
     ours, theirs = scan_image_folder(root), ImageFolder(root)
     assert ours.classes == theirs.classes and ours.class_to_idx == theirs.class_to_idx
     assert ours.samples == theirs.samples
+
+
+def _named(net, params) -> set[str]:
+    ids = {id(p) for p in params}
+    return {n for n, p in net.named_parameters() if id(p) in ids}
+
+
+@pytest.mark.parametrize("bn_params,train_classifier", [
+    ("indicator", False), ("indicator", True), ("all", False), ("all", True)])
+def test_ablation_switches_train_exactly_what_they_name(bn_params, train_classifier):
+    torch.manual_seed(0)
+    space = get_space(CFG)
+    net = space.supernet()
+    trainer = SupernetTrainer(space, net, DistEnv(), train_all=False, seed=0, total_iters=10,
+                              lr=0.25, bn_params=bn_params, train_classifier=train_classifier)
+    bn_modules = {n for n, m in net.named_modules()
+                  if isinstance(m, torch.nn.BatchNorm2d)}
+    if bn_params == "indicator":
+        bn_modules = {n for row in space.indicator_param_names() for n in row}
+    named = {f"{m}.{w}" for m in bn_modules for w in ("weight", "bias")}
+    if train_classifier:
+        named |= {"head.classifier.weight", "head.classifier.bias"}
+    assert {n for n, p in net.named_parameters() if p.requires_grad} == named
+    assert _named(net, [p for g in trainer.optimizer.param_groups for p in g["params"]]) == named
+    before = _clone_state(net)
+    arch = sample_path(space, 0, 0)
+    for it in range(2):
+        trainer.step(*_batch(it), it)
+    after = dict(net.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    on_path = [f"layers.{i}.ops.{op}." for i, op in enumerate(arch) if op != SKIP]
+    assert changed <= named  # nothing else moves
+    # ... and what is named and on the first path (or shared) did move
+    first = {n for n in named if not n.startswith("layers.") or any(n.startswith(p)
+                                                                     for p in on_path)}
+    assert first and first <= changed

@@ -1,17 +1,18 @@
 #!/usr/bin/env python3
-"""Ranking study: how well do the BN indicator and SPOS scoring rank subnets?
+"""Ranking study: does the BN indicator rank subnets as their trained accuracy does?
 
-    python3 tools/ranking_study.py                       # the default study (~30-40 min, 2 CPUs)
-    python3 tools/ranking_study.py --quick --out /tmp/q  # tiny settings (the CI test)
+    python3 tools/ranking_study.py --report-dir docs/ranking   # the committed study
+    python3 tools/ranking_study.py --quick --out /tmp/q         # tiny settings (CI)
 
-Trains a BN-only and a SPOS supernet (snapshot every epoch), trains N architectures
-spread over the FLOPs range under the search limit from scratch (the ground truth), and
-reports Kendall tau / Spearman rho (bootstrap 95% intervals) of the BN indicator at each
-epoch, SPOS accuracy at each epoch, FLOPs, parameters and a random score. Writes
-ranking.json and PNG plots to --report-dir. Rerun the same command to resume; finished
-supernet epochs, subnets and SPOS scores are reused. Each stage's folder under --out is
-named after the settings it depends on (e.g. subnets-1a2b3c4d/), so changing one stage's
-flags reuses the others' results. Stage logs are in those folders.
+Pilots the ground truth's budget (seed-to-seed tau against cost), trains 30
+architectures in two FLOPs strata from scratch twice, trains BN-only supernets (the
+original's trainable set and ablations) and a SPOS supernet with snapshots, and reports
+Kendall tau / Spearman rho with bootstrap 95% intervals of the BN indicator at each
+snapshot, SPOS accuracy, FLOPs, params, random and the zero-cost proxies synflow,
+NASWOT, grad-norm and SNIP, with a conclusion by a rule fixed in advance
+(utils/ranking_study.py: RULE). Every result is a small JSON file in --report-dir,
+written as it is finished: rerun the same command to resume, on this machine or on a
+fresh clone (the results found there are not recomputed).
 """
 from __future__ import annotations
 
@@ -31,33 +32,38 @@ from utils.ranking_study import (RunOptions, StudySettings, run_study,  # noqa: 
                                  summary_lines)
 
 # --quick: a few subnets, tiny budgets and data (CI checks the plumbing, not the result).
-QUICK = dict(width_mult=0.25, train_per_class=10, val_per_class=10, bn_epochs=2, spos_epochs=2,
-             supernet_batch=10, subnets=4, subnet_epochs=3, subnet_batch=10, subnet_lr=0.5,
-             truth_seeds=1,
-             spos_bn_batches=2, spos_batch=10, spos_val_images=100)
+QUICK = dict(input_size=16, width_mult=0.25, train_per_class=20, val_per_class=10,
+             holdout_per_class=4, supernet_batch=16, bn_snapshots="3,6", spos_snapshots="3,6",
+             subnets_under=3, subnets_over=3, pilot_every=2, pilot_budgets="6,10",
+             subnet_batch=16, subnet_lr=0.2, truth_seeds=2, spos_bn_batches=2, spos_batch=16,
+             spos_val_images=40, proxy_batch=8)
 QUICK_BOOTSTRAP = 200
 
 
 def _setting(group, name: str, help: str | None = None, **kw) -> None:
     """--name, with its default (and type) from StudySettings' field of the same name."""
     default = getattr(StudySettings(), name.replace("-", "_"))
-    kw.setdefault("type", type(default))
+    if default is not None:
+        kw.setdefault("type", type(default))
     group.add_argument(f"--{name}", default=default, help=help, **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = StudySettings()
     p = argparse.ArgumentParser(
-        description="Rank-correlation study of the BN indicator vs SPOS scoring, FLOPs, "
-                    "params and random, against subnets trained from scratch.",
+        description="Rank-correlation study of the BN indicator against SPOS scoring, FLOPs, "
+                    "params, random and zero-cost proxies, with subnets trained from scratch "
+                    "as the ground truth.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default=os.path.join("runs", "ranking_study"),
-                   help="study folder: data, supernets, subnets, caches, logs")
+                   help="work folder: data, checkpoints, logs (not needed once the results "
+                        "are in --report-dir)")
     p.add_argument("--report-dir", dest="report_dir", default=None,
-                   help="where ranking.json and the plots go (default: <out>/report)")
+                   help="results (small JSON, committed), ranking.json and the plots "
+                        "(default: <out>/report)")
     p.add_argument("--quick", action="store_true",
-                   help="tiny settings: 4 subnets, 2+2 supernet epochs, 10 images per class, "
-                        "width 0.25 (flags given explicitly still win)")
+                   help="tiny settings: 6 subnets, 4-iteration supernets, 12 images per "
+                        "class, width 0.25 (flags given explicitly still win)")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None,
                    help="an ImageFolder root with train/ and val/ (default: Fashion-MNIST "
@@ -65,13 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--source", choices=["auto", "debian", "slice"], default=d.source,
                    help="Fashion-MNIST source: auto = the full Debian dataset-fashion-mnist "
                         "when installed, else the committed slice")
-    _setting(g, "train-per-class", type=int)
-    _setting(g, "val-per-class", type=int)
-    _setting(g, "min-scale", help="random-resized-crop minimum area, both training stages "
-                                  "(the demo's; SPEC's ImageNet recipe is 0.08)")
-    _setting(g, "lighting", help="PCA lighting noise std, both training stages "
+    _setting(g, "train-per-class", type=int, help="default: all")
+    _setting(g, "val-per-class", type=int, help="default: all")
+    _setting(g, "holdout-per-class", help="training images per class held out for SPOS "
+                                          "scoring (0: score on the test set, flagged)")
+    _setting(g, "min-scale", help="random-resized-crop minimum area, every training stage "
+                                  "(the ImageNet recipe's is 0.08)")
+    _setting(g, "lighting", help="PCA lighting noise std, every training stage "
                                  "(ImageNet recipe: 0.1)")
-    g = p.add_argument_group("space (default: mobilenet at 32x32, width 0.5: CPU-sized)")
+    g = p.add_argument_group("space (default: mobilenet at 28x28, width 0.35: CPU-sized)")
     g.add_argument("--space", choices=["mobilenet", "shufflenet"], default=d.space)
     _setting(g, "input-size")
     _setting(g, "width-mult")
@@ -79,31 +87,41 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fixed-skips", default=d.fixed_skips,
                    help="layers forced to skip (default: the space's)")
     g = p.add_argument_group("supernets")
-    _setting(g, "bn-epochs", help="BN-only supernet epochs (one snapshot per epoch)")
-    _setting(g, "spos-epochs", help="SPOS (--train-all) supernet epochs (one snapshot each)")
     _setting(g, "supernet-batch")
-    _setting(g, "bn-lr", help="LR of the BN-only supernet (the reference's)")
+    _setting(g, "bn-snapshots", help="iterations at which the BN-only supernets are scored "
+                                     "(the last is the run's length)")
+    _setting(g, "bn-lr", help="LR of the BN-only supernets (the original's)")
+    _setting(g, "ablations", help="BN-only variants trained besides the original "
+                                  "(comma list of: all, indicator+classifier, "
+                                  "all+classifier; empty: none)")
+    _setting(g, "spos-snapshots", help="iterations at which the SPOS supernet is scored")
     _setting(g, "spos-lr", help="LR of the SPOS supernet (0.25 diverges at batch 64 here)")
-    g = p.add_argument_group("ground truth (training from scratch)")
-    _setting(g, "subnets", help="architectures sampled")
-    _setting(g, "subnet-epochs")
+    g = p.add_argument_group("architectures and ground truth (training from scratch)")
+    _setting(g, "subnets-under", help="architectures under the FLOPs limit")
+    _setting(g, "subnets-over", help="architectures over it (up to the costliest)")
+    _setting(g, "pilot-every", help="the pilot trains every k-th architecture (FLOPs order)")
+    _setting(g, "pilot-budgets", help="training iterations tried by the pilot")
+    _setting(g, "tau-target", help="seed-to-seed tau the ground truth must reach")
+    _setting(g, "subnet-iters", type=int,
+             help="ground-truth iterations (default: the pilot's choice)")
     _setting(g, "subnet-batch")
     _setting(g, "subnet-lr")
     _setting(g, "subnet-dropout")
-    _setting(g, "truth-seeds", help="trainings per subnet (seeds --seed, --seed+1, ...): the "
-                                    "ground truth is their mean top-1, and seed 0 vs seed 1 "
-                                    "measures its reliability")
+    _setting(g, "truth-seeds", help="trainings per subnet (seeds --seed, --seed+1, ...)")
     _setting(g, "flops-limit", type=float,
              help="MFLOPs (default: the search's default limit for this config)")
-    g = p.add_argument_group("SPOS accuracy scoring")
+    g = p.add_argument_group("SPOS accuracy scoring and zero-cost proxies")
     _setting(g, "spos-bn-batches", help="training batches for BN recalibration")
     _setting(g, "spos-batch")
-    _setting(g, "spos-val-images", help="size of the fixed validation subset")
+    _setting(g, "spos-val-images", help="held-out images scored per candidate")
+    _setting(g, "proxy-batch", help="images in the zero-cost proxies' fixed batch")
     g = p.add_argument_group("run")
     _setting(g, "seed")
     g.add_argument("--bootstrap", type=int, default=None,
                    help="bootstrap resamples (default 2000; 200 with --quick)")
-    g.add_argument("--threads", type=int, default=2, help="torch threads per stage")
+    g.add_argument("--parallel", type=int, default=2,
+                   help="training processes at once (one per core)")
+    g.add_argument("--threads", type=int, default=1, help="torch threads per process")
     g.add_argument("--workers", type=int, default=1, help="data loader processes per stage")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
                    help="device of every stage (one process each)")
@@ -130,25 +148,29 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     settings = settings_from_args(args, argv)
     bootstrap = args.bootstrap or (QUICK_BOOTSTRAP if args.quick else 2000)
-    if bootstrap < 1 or args.threads < 1 or args.workers < 0:
-        raise UserError("--bootstrap and --threads must be >= 1, --workers >= 0")
+    if bootstrap < 1 or args.threads < 1 or args.parallel < 1 or args.workers < 0:
+        raise UserError("--bootstrap, --threads and --parallel must be >= 1, --workers >= 0")
     opts = RunOptions(out=args.out, report_dir=args.report_dir or os.path.join(args.out, "report"),
-                      threads=args.threads, workers=args.workers, bootstrap=bootstrap,
-                      device=args.device,
+                      parallel=args.parallel, threads=args.threads, workers=args.workers,
+                      bootstrap=bootstrap, device=args.device,
                       log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True))
     t0 = time.perf_counter()
     report = run_study(settings, opts)
-    print("\n" + "\n".join(summary_lines(report)))
+    for stratum in report["strata"]:
+        print("\n" + "\n".join(summary_lines(report, stratum)))
     gt = report["ground_truth"]
-    rel = gt.get("reliability")
+    ag = gt.get("agreement")
     print(f"\nground truth: top-1 {gt['min']:.1f}-{gt['max']:.1f}% (mean {gt['mean']:.1f}) "
-          f"after {gt['epochs']} epoch(s), mean of {len(gt['seeds'])} seed(s)"
-          + (f"; seed-to-seed tau {rel['tau']:+.3f} [{rel['tau_ci'][0]:+.2f}, "
-             f"{rel['tau_ci'][1]:+.2f}]" if rel and rel["tau"] is not None else "")
-          + f"\nstages took {report['timing']['stage_total_seconds']:.0f}s in all, this "
-            f"invocation {time.perf_counter() - t0:.0f}s")
-    if gt.get("warning"):
-        print(f"warning: {gt['warning']}")
+          f"after {gt['iters']} iterations, mean of {len(gt['seeds'])} seed(s)"
+          + (f"; seed-to-seed tau {ag['tau']:+.3f} [{ag['tau_ci'][0]:+.2f}, "
+             f"{ag['tau_ci'][1]:+.2f}]" if ag and ag["tau"] is not None else ""))
+    for name, sv in report["supernets"].items():
+        loss = "n/a" if sv["final_loss"] is None else f"{sv['final_loss']:.3f}"
+        print(f"supernet {name}: final training loss {loss} (chance {sv['chance_loss']:.3f})")
+    for stratum, c in report["conclusion"]["strata"].items():
+        print(f"conclusion ({stratum}): {c['verdict']}: {c['why']}")
+    print(f"stages took {report['timing']['total_seconds']:.0f}s in all, this invocation "
+          f"{time.perf_counter() - t0:.0f}s")
     print(f"wrote {os.path.join(opts.report_dir, 'ranking.json')}")
     for name in report["plots"]:
         print(f"wrote {os.path.join(opts.report_dir, name)}")

@@ -39,10 +39,12 @@ def _tilted_pool(space: SearchSpace, table: FlopsTable, size: int, rng: np.rando
 
 def stratified_by_flops(space: SearchSpace, table: FlopsTable, n: int, flops_limit: float,
                         seed: int, pool_size: int = 20000,
-                        max_tilt: float = 6.0) -> list[tuple[int, ...]]:
-    """`n` distinct architectures with FLOPs <= `flops_limit`, spread over the range.
+                        max_tilt: float = 6.0,
+                        flops_floor: float | None = None) -> list[tuple[int, ...]]:
+    """`n` distinct architectures with `flops_floor` < FLOPs <= `flops_limit`, spread
+    over that range (no floor: from the cheapest architecture drawn).
 
-    Returned in increasing FLOPs order. Raises ValueError when the pool under the limit
+    Returned in increasing FLOPs order. Raises ValueError when the pool in the range
     holds fewer than `n` distinct architectures.
     """
     if n < 1:
@@ -51,6 +53,11 @@ def stratified_by_flops(space: SearchSpace, table: FlopsTable, n: int, flops_lim
     pool = _tilted_pool(space, table, pool_size, rng, max_tilt)
     flops = np.asarray(table.flops_of(pool), dtype=np.float64)
     keep = flops <= flops_limit
+    if flops_floor is not None:
+        keep &= flops > flops_floor
+    if not keep.any() and flops_floor is not None:
+        raise ValueError(f"no architecture drawn has FLOPs in ({flops_floor / 1e6:.2f}M, "
+                         f"{flops_limit / 1e6:.2f}M]")
     if not keep.any():
         raise ValueError(f"no architecture fits the FLOPs limit {flops_limit / 1e6:.2f}M (the "
                          f"cheapest drawn has {flops.min() / 1e6:.2f}M)")

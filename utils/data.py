@@ -4,25 +4,34 @@ Design:
 * Workers decode and crop, and hand over **uint8** CHW tensors (4x less to pin and copy
   than float); conversion to float, PCA lighting, normalisation and the optional
   channels_last layout happen on the device in `prepare_batch`.
-* Training augmentation (SPEC.md section 5): random resized crop (area 0.08-1, aspect
+* Training augmentation (docs/method.md): random resized crop (area 0.08-1, aspect
   3/4-4/3 as torchvision), horizontal flip, PCA lighting noise (std 0.1). Its randomness
   depends only on (seed, epoch, sample index): every sample gets its own torch.Generator,
   so a run resumed mid-epoch sees exactly the images an uninterrupted run would, whatever
   the worker count. Lighting is a per-image RGB offset, so the worker only draws it and
-  the device adds it.
+  the device applies it, with the original's arithmetic: the lit image is
+  uint8(clip((x / 255 + offset) * 255, 0, 255)) in float32 (clipped, then truncated).
+* Resize modes (`resize_mode`, the --resize-mode flag): "antialias" (default) resizes with
+  antialiased bilinear filtering (PIL's BILINEAR, what torchvision does on PIL images);
+  "linear" reproduces the original's OpenCV cv2.INTER_LINEAR (bilinear interpolation at
+  half-pixel centres, no antialiasing) and, for validation, its OpencvResize of the
+  whole image (shorter side 256, the other int(256 / short * long + 0.5)) then a centre
+  crop. Without OpenCV it runs on torch (float bilinear, rounded half up); OpenCV's
+  11-bit fixed-point weights can differ from it by one grey level. Linear mode decodes
+  every JPEG at full size, as the original did.
 * Sharding without padding: `GlobalBatchSampler` cuts each epoch's permutation into
   global batches and hands rank r the r-th slice of each, so no two ranks see the same
   sample and every rank runs the same number of steps; the incomplete last global batch
   is dropped. `ShardSampler` (validation) gives rank r the indices r, r+W, r+2W, ...: the
   shards are disjoint and cover the set exactly, so summed counts over ranks are exact.
-* Decoding cost (see bench/data_loader.py): the crop box is drawn from the header's
-  full-size dimensions before any pixel is decoded; a JPEG whose crop is >= 2x the input
-  size is then decoded at 1/2, 1/4 or 1/8 scale (PIL `draft`, libjpeg's scaled IDCT; the
-  largest factor keeping the crop >= the input size) with the box mapped onto it. Only the
-  crop leaves PIL, and torch's vectorised uint8 antialiased-bilinear kernel resizes it
-  (PIL's filter; results within 1 grey level). Same crop boxes and flips for the same
-  seed as full decoding; pixels differ slightly where the reduced decode is used (mean
-  ~1 grey level). `reduced_decode=False` turns it off.
+* Decoding cost (see bench/data_loader.py), antialias mode: the crop box is drawn from
+  the header's full-size dimensions before any pixel is decoded; a JPEG whose crop is
+  >= 2x the input size is then decoded at 1/2, 1/4 or 1/8 scale (PIL `draft`, libjpeg's
+  scaled IDCT; the largest factor keeping the crop >= the input size) with the box mapped
+  onto it. Only the crop leaves PIL, and torch's vectorised uint8 antialiased-bilinear
+  kernel resizes it (PIL's filter; results within 1 grey level). Same crop boxes and
+  flips for the same seed as full decoding; pixels differ slightly where the reduced
+  decode is used (mean ~1 grey level). `reduced_decode=False` turns it off.
 * Workers shut down with the loader: `close()` / `with loader:`, and at interpreter exit
   (training workers ignore SIGTERM, which used to hang exit after a partial epoch).
 * A corrupt or unreadable image raises `BadImageError` (a `UserError`: one-line message
@@ -31,14 +40,21 @@ Design:
 Public API (stable; add, don't break):
 
     INPUT_FORMATS = ("rgb", "bgr255"); DEFAULT_INPUT_FORMAT = "rgb"
-    IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC
+    RESIZE_MODES = ("antialias", "linear"); DEFAULT_RESIZE_MODE = "antialias"
+    IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC (BGR rows, as the original
+        stores it), PCA_EIGVEC_RGB (its rows reversed: the matrix applied)
+    pca_lighting_offset(alpha) -> float32 [3] RGB offset of one lighting draw
     val_resize_size(input_size) -> int           # round(input / 0.875)
+    reference_resize_size(width, height, short) -> (new_width, new_height): the
+        original's OpencvResize rule (linear mode's validation resize)
+    linear_resize(uint8 [3, H, W], height, width) -> uint8: cv2.INTER_LINEAR on torch
+    linear_val_crop(rgb_image, input_size) -> uint8: the original's validation transform
     scan_image_folder(root, what="--train_dir") -> FolderIndex (.classes, .class_to_idx,
         .samples): torchvision ImageFolder's indexing without importing torchvision
     build_train_loader(root, input_size, batch_size, env, workers, seed, *,
                        input_format="rgb", classes=None, min_scale=0.08,
                        lighting_std=0.1, persistent=True, crop_ratio=(3/4, 4/3),
-                       reduced_decode=True)
+                       reduced_decode=True, resize_mode="antialias")
         -> TrainLoader   (workers=None: default_workers(); crop_ratio=(1, 1): square crops)
         TrainLoader: set_epoch(epoch, start_step=0); iter -> (uint8 [b,3,H,W],
         int64 labels [b], float lighting [b,3]); len = steps left in the epoch;
@@ -47,23 +63,28 @@ Public API (stable; add, don't break):
         .sampler.batch_indices(epoch, step) (the indices this rank trains on),
         .close() (stop the workers now; also `with loader:`)
     build_val_loader(root, input_size, batch_size_per_rank, env, workers,
-                     input_format="rgb", *, classes=None, reduced_decode=True) -> ValLoader
+                     input_format="rgb", *, classes=None, reduced_decode=True,
+                     resize_mode="antialias") -> ValLoader
         ValLoader: iter -> (uint8 images, int64 labels); .num_samples (whole set),
-        .num_classes, .dataset, .input_format, .prepare(batch, device, channels_last),
-        .close()
+        .num_classes, .dataset, .input_format, .resize_mode,
+        .prepare(batch, device, channels_last), .close()
     prepare_batch(batch, device, input_format="rgb", channels_last=False)
         -> (float32 images on device, labels on device)
     GlobalBatchSampler, ShardSampler, SeededImageFolder, BadImageError
-    SeededImageFolder(samples, input_size, train, seed=0, ..., reduced_decode=True)
+    SeededImageFolder(samples, input_size, train, seed=0, ..., reduced_decode=True,
+                      resize_mode="antialias")
         .crop_box(index, epoch=0) -> (top, left, h, w) on the full-size image
     random_resized_crop_params(width, height, gen, scale, ratio) -> (top, left, h, w)
     val_crop_box(width, height, input_size) -> full-size (left, top, right, bottom)
     jpeg_reduction(region_w, region_h, out_w, out_h) -> 1, 2, 4 or 8
     open_image(path) -> PIL image, header only; decode_rgb(it, path, reduction=1)
         -> (RGB image, scale: full-size coordinates / scale = its coordinates)
-    resized_crop(rgb_image, top, left, h, w, size) -> uint8 [3, size, size]
-    add_data_args(parser)      # --workers (default None = default_workers()), --input-format
+    resized_crop(rgb_image, top, left, h, w, size, mode="antialias")
+        -> uint8 [3, size, size]
+    add_data_args(parser)      # --workers (default None = default_workers()),
+                               # --input-format, --resize-mode (default None = antialias)
     add_augment_args(parser); augment_kwargs(args) -> build_train_loader keyword arguments
+        (resize_mode included)
     default_workers() -> int   # CPUs available per local process, at most 8
 """
 from __future__ import annotations
@@ -94,11 +115,21 @@ INPUT_FORMATS = ("rgb", "bgr255")
 DEFAULT_INPUT_FORMAT = "rgb"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# PCA lighting (AlexNet-style) on RGB in [0, 1]: SPEC.md section 5.
+RESIZE_MODES = ("antialias", "linear")
+# antialias: antialiased bilinear (PIL's BILINEAR / torchvision on PIL images), the default;
+# linear: the original's cv2.INTER_LINEAR (no antialiasing) and OpencvResize rule.
+DEFAULT_RESIZE_MODE = "antialias"
+# PCA lighting (AlexNet-style) on pixel values in [0, 1] (docs/method.md). PCA_EIGVEC is
+# the matrix exactly as the original code stores it: columns are the eigenvectors, ROWS
+# the channels in B, G, R order. The original reverses its rows (`eigvec[::-1, :]`)
+# before adding the offset to an RGB image, so the matrix applied is PCA_EIGVEC_RGB
+# (rows R, G, B; the usual fb.resnet.torch matrix); so is it here. The offset of a draw
+# alpha ~ N(0, std^2)^3 is PCA_EIGVEC_RGB @ (alpha * PCA_EIGVAL), per RGB channel.
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
 PCA_EIGVEC = ((-0.5836, -0.6948, 0.4203),
               (-0.5808, -0.0045, -0.8140),
               (-0.5675, 0.7192, 0.4009))
+PCA_EIGVEC_RGB = tuple(reversed(PCA_EIGVEC))
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 VAL_CROP_FRACTION = 0.875
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -111,6 +142,29 @@ class BadImageError(UserError):
 def val_resize_size(input_size: int) -> int:
     """Shorter side before the centre crop: 256 for 224, as the ImageNet convention."""
     return int(round(input_size / VAL_CROP_FRACTION))
+
+
+def reference_resize_size(width: int, height: int, short: int) -> tuple[int, int]:
+    """(new_width, new_height) of the original's OpencvResize(`short`): the shorter side
+    becomes `short` (the height when the image is square) and the other
+    int(short / shorter * longer + 0.5), in that float order (linear mode's rule; antialias
+    mode rounds longer * short / shorter half to even, which can differ by one pixel)."""
+    if height < width:
+        return int(short / height * width + 0.5), short
+    return short, int(short / width * height + 0.5)
+
+
+# The lighting constants as the original uses them: float32 values, float64 arithmetic.
+_EIGVEC_RGB64 = torch.tensor(PCA_EIGVEC_RGB, dtype=torch.float32).double()
+_EIGVAL64 = torch.tensor(PCA_EIGVAL, dtype=torch.float32).double()
+
+
+def pca_lighting_offset(alpha) -> torch.Tensor:
+    """float32 [3] RGB offset (in [0, 1] pixel units) of the lighting draw `alpha` (the
+    three eigenvectors' N(0, std^2) coefficients): PCA_EIGVEC_RGB @ (alpha * PCA_EIGVAL).
+    `prepare_batch` applies it to the image's R, G, B channels, in that order."""
+    alpha = torch.as_tensor(alpha, dtype=torch.float64).reshape(3)
+    return (_EIGVEC_RGB64 @ (_EIGVAL64 * alpha)).float()
 
 
 def default_workers(cap: int = 8) -> int:
@@ -132,10 +186,17 @@ def add_data_args(parser: argparse.ArgumentParser, workers_default: int | None =
                         choices=INPUT_FORMATS, dest="input_format",
                         help="network input convention: rgb = ImageNet mean/std normalised "
                              "RGB (default); bgr255 = the reference's BGR 0-255")
+    parser.add_argument("--resize-mode", "--resize_mode", default=None, choices=RESIZE_MODES,
+                        dest="resize_mode",
+                        help="how training crops and validation images are resized: "
+                             "antialias = antialiased bilinear, as torchvision (default); "
+                             "linear = the original's OpenCV INTER_LINEAR (no antialiasing; "
+                             "validation resizes the whole image, shorter side 256, then "
+                             "centre-crops; JPEGs decoded at full size)")
 
 
 def add_augment_args(parser: argparse.ArgumentParser) -> None:
-    """Training augmentation knobs; the defaults are SPEC.md's ImageNet recipe."""
+    """Training augmentation knobs; the defaults are the ImageNet recipe of docs/method.md."""
     g = parser.add_argument_group("augmentation")
     g.add_argument("--min-scale", "--min_scale", dest="min_scale", type=float, default=0.08,
                    help="smallest crop area fraction of the random resized crop (default: "
@@ -153,7 +214,8 @@ def augment_kwargs(args: argparse.Namespace) -> dict:
     if args.lighting < 0:
         raise UserError(f"--lighting must be >= 0, got {args.lighting}")
     return dict(min_scale=args.min_scale, lighting_std=args.lighting,
-                crop_ratio=(1.0, 1.0) if args.square_crop else CROP_RATIO)
+                crop_ratio=(1.0, 1.0) if args.square_crop else CROP_RATIO,
+                resize_mode=getattr(args, "resize_mode", None) or DEFAULT_RESIZE_MODE)
 
 
 # ---- decoding -----------------------------------------------------------------------
@@ -252,19 +314,63 @@ def _to_uint8_chw(img: Image.Image) -> torch.Tensor:
     return _chw_tensor(_hwc(img))
 
 
+def _linear_resize_float(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """float32 [3, height, width]: cv2.INTER_LINEAR of uint8 [3, H, W] before rounding."""
+    return F.interpolate(x.unsqueeze(0).float(), size=(height, width), mode="bilinear",
+                         align_corners=False, antialias=False)[0]
+
+
+def _round_to_uint8(y: torch.Tensor) -> torch.Tensor:
+    # Half up, as OpenCV's fixed-point rounding; contiguous CHW.
+    return y.add(0.5).floor_().clamp_(0, 255).to(torch.uint8).contiguous()
+
+
+def linear_resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """uint8 [3, height, width]: uint8 [3, H, W] resized as OpenCV's cv2.INTER_LINEAR does:
+    bilinear interpolation between the two nearest pixels per axis at half-pixel centres
+    (source = (dst + 0.5) * in / out - 0.5, clamped at the borders), no antialiasing.
+    Computed in float32 and rounded half up; OpenCV's 11-bit fixed-point weights can give
+    a value one grey level away."""
+    return _round_to_uint8(_linear_resize_float(x, height, width))
+
+
+def _check_resize_mode(mode: str) -> str:
+    mode = mode or DEFAULT_RESIZE_MODE
+    if mode not in RESIZE_MODES:
+        raise UserError(f"unknown resize mode '{mode}' (choose from {', '.join(RESIZE_MODES)})")
+    return mode
+
+
 def resized_crop(img: Image.Image, top: int, left: int, h: int, w: int,
-                 size: int) -> torch.Tensor:
-    """uint8 [3, size, size]: the (top, left, h, w) crop of an RGB image, resized with
-    antialiased bilinear filtering. The filter of PIL's crop().resize(BILINEAR), which
-    torchvision's RandomResizedCrop runs on PIL images (results agree within 1 grey
-    level), from torch's vectorised uint8 kernel: ~2x faster, and it writes CHW directly."""
+                 size: int, mode: str = DEFAULT_RESIZE_MODE) -> torch.Tensor:
+    """uint8 [3, size, size]: the (top, left, h, w) crop of an RGB image, resized.
+
+    mode "antialias": antialiased bilinear filtering, the filter of PIL's
+    crop().resize(BILINEAR), which torchvision's RandomResizedCrop runs on PIL images
+    (results agree within 1 grey level), from torch's vectorised uint8 kernel: ~2x
+    faster, and it writes CHW directly. mode "linear": `linear_resize` (the original's
+    cv2.resize(crop, INTER_LINEAR))."""
     # Crop before leaving PIL: copying pixels out of PIL is slow, so copy only the crop.
     crop = _hwc(img.crop((left, top, left + w, top + h)))
     if h == size and w == size:
         return _chw_tensor(crop)
-    x = _tensor_view(crop).permute(2, 0, 1).unsqueeze(0)
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+    x = _tensor_view(crop).permute(2, 0, 1)
+    if mode == "linear":
+        return linear_resize(x, size, size)
+    return F.interpolate(x.unsqueeze(0), size=(size, size), mode="bilinear", antialias=True,
                          align_corners=False)[0]
+
+
+def linear_val_crop(img: Image.Image, input_size: int) -> torch.Tensor:
+    """uint8 [3, s, s]: the original's validation transform of a full-size RGB image:
+    OpencvResize (the whole image, shorter side `val_resize_size(s)`, sizes by
+    `reference_resize_size`, cv2.INTER_LINEAR) then torchvision's CenterCrop(s)."""
+    s = input_size
+    nw, nh = reference_resize_size(img.width, img.height, val_resize_size(s))
+    y = _linear_resize_float(_tensor_view(_hwc(img)).permute(2, 0, 1), nh, nw)
+    # CenterCrop's offsets: int(round((size - crop) / 2)), Python's half-to-even round.
+    top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
+    return _round_to_uint8(y[:, top:top + s, left:left + s])
 
 
 def random_resized_crop_params(width: int, height: int, gen: torch.Generator,
@@ -318,16 +424,21 @@ class SeededImageFolder(Dataset):
     Training items are addressed by (index, epoch) tuples, which `GlobalBatchSampler`
     yields; plain integer indices (epoch 0) also work. Validation mode is deterministic.
 
-    `reduced_decode` (default on): a JPEG whose crop is at least 2x the input size in
-    both dimensions is decoded at 1/2, 1/4 or 1/8 scale (the largest that keeps the crop
-    >= the input size) and the crop box is mapped onto the smaller image. The crop boxes
-    are the same either way; pixel values differ a little (libjpeg's scaled IDCT instead
-    of a bilinear filter for part of the downsampling, mean difference ~1 grey level).
+    `reduced_decode` (default on; antialias mode only): a JPEG whose crop is at least 2x
+    the input size in both dimensions is decoded at 1/2, 1/4 or 1/8 scale (the largest
+    that keeps the crop >= the input size) and the crop box is mapped onto the smaller
+    image. The crop boxes are the same either way; pixel values differ a little
+    (libjpeg's scaled IDCT instead of a bilinear filter for part of the downsampling, mean
+    difference ~1 grey level). Its prefiltering would undo what `resize_mode="linear"`
+    reproduces (the original's unfiltered OpenCV resize of the full decode), so linear
+    mode always decodes at full size.
     """
 
     def __init__(self, samples: Sequence[tuple[str, int]], input_size: int, train: bool,
                  seed: int = 0, min_scale: float = 0.08, lighting_std: float = 0.1,
-                 crop_ratio: tuple[float, float] = CROP_RATIO, reduced_decode: bool = True):
+                 crop_ratio: tuple[float, float] = CROP_RATIO, reduced_decode: bool = True,
+                 resize_mode: str = DEFAULT_RESIZE_MODE):
+        self.resize_mode = _check_resize_mode(resize_mode)
         self.samples = list(samples)
         self.crop_ratio = (float(crop_ratio[0]), float(crop_ratio[1]))
         self.input_size = int(input_size)
@@ -336,8 +447,7 @@ class SeededImageFolder(Dataset):
         self.min_scale = float(min_scale)
         self.lighting_std = float(lighting_std)
         self.reduced_decode = bool(reduced_decode)
-        self._eigval = torch.tensor(PCA_EIGVAL, dtype=torch.float64)
-        self._eigvec = torch.tensor(PCA_EIGVEC, dtype=torch.float64)
+        self._reduce = self.reduced_decode and self.resize_mode == "antialias"
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -366,29 +476,31 @@ class SeededImageFolder(Dataset):
         # how the pixels are decoded.
         top, left, h, w = random_resized_crop_params(img.width, img.height, gen,
                                                      (self.min_scale, 1.0), self.crop_ratio)
-        reduction = jpeg_reduction(w, h, s, s) if self.reduced_decode else 1
+        reduction = jpeg_reduction(w, h, s, s) if self._reduce else 1
         img, scale = decode_rgb(img, path, reduction)
         if scale == 1.0:
-            x = resized_crop(img, top, left, h, w, s)
+            x = resized_crop(img, top, left, h, w, s, self.resize_mode)
         else:
             # The box falls between the reduced image's pixels: PIL resamples fractional boxes.
             box = (left / scale, top / scale, (left + w) / scale, (top + h) / scale)
             x = _to_uint8_chw(img.resize((s, s), Image.BILINEAR, box=box))
         if torch.rand(1, generator=gen).item() < 0.5:
             x = x.flip(-1)
-        # PCA lighting: one RGB offset per image (in [0, 1] units), added on the device.
+        # PCA lighting: one RGB offset per image (in [0, 1] units), applied on the device.
         alpha = torch.randn(3, generator=gen, dtype=torch.float64) * self.lighting_std
-        offset = (self._eigvec @ (alpha * self._eigval)).float()
-        return x, offset
+        return x, pca_lighting_offset(alpha)
 
     def _val(self, path: str) -> torch.Tensor:
         s = self.input_size
         img = open_image(path)
+        if self.resize_mode == "linear":
+            # The original resizes the whole full-size decode, then crops.
+            return linear_val_crop(decode_rgb(img, path)[0], s)
         box = val_crop_box(img.width, img.height, s)
         short = val_resize_size(s)
         # keep the resized image (shorter side `short`) a downsample of the decoded one
         reduction = (jpeg_reduction(min(img.size), min(img.size), short, short)
-                     if self.reduced_decode else 1)
+                     if self._reduce else 1)
         img, scale = decode_rgb(img, path, reduction)
         # Resizing only the centre box equals resizing the whole image and cropping it
         # (same filter taps, which PIL clips at the image's edges either way), for less work.
@@ -614,6 +726,10 @@ class _Loader:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def resize_mode(self) -> str:
+        return self.dataset.resize_mode
+
     def prepare(self, batch, device: torch.device, channels_last: bool = False):
         return prepare_batch(batch, device, self.input_format, channels_last)
 
@@ -629,6 +745,11 @@ class TrainLoader(_Loader):
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         self.sampler.set_epoch(epoch, start_step)
+
+    def prepare(self, batch, device: torch.device, channels_last: bool = False):
+        if self.dataset.lighting_std == 0:
+            batch = batch[:2]  # all-zero offsets: lighting is the identity, skip its passes
+        return prepare_batch(batch, device, self.input_format, channels_last)
 
 
 class ValLoader(_Loader):
@@ -658,17 +779,21 @@ def build_train_loader(root: str, input_size: int, batch_size: int, env, workers
                        lighting_std: float = 0.1, persistent: bool = True,
                        what: str = "--train_dir",
                        crop_ratio: tuple[float, float] = CROP_RATIO,
-                       reduced_decode: bool = True) -> TrainLoader:
+                       reduced_decode: bool = True,
+                       resize_mode: str = DEFAULT_RESIZE_MODE) -> TrainLoader:
     """Training loader; `batch_size` is GLOBAL (split evenly over env.world_size ranks).
 
-    `reduced_decode=False` decodes every JPEG at full size (see SeededImageFolder).
+    `reduced_decode=False` decodes every JPEG at full size (see SeededImageFolder);
+    `resize_mode` "antialias" or "linear" (the original's OpenCV resize; full decoding).
     """
     _check_format(input_format)
+    resize_mode = _check_resize_mode(resize_mode)
     folder = scan_image_folder(root, what)
     num_classes = _num_classes(folder, classes, what)
     dataset = SeededImageFolder(folder.samples, input_size, train=True, seed=seed,
                                 min_scale=min_scale, lighting_std=lighting_std,
-                                crop_ratio=crop_ratio, reduced_decode=reduced_decode)
+                                crop_ratio=crop_ratio, reduced_decode=reduced_decode,
+                                resize_mode=resize_mode)
     sampler = GlobalBatchSampler(len(dataset), batch_size, env.rank, env.world_size, seed)
     if sampler.steps_per_epoch == 0:
         raise UserError(f"{what} has {len(dataset)} images, fewer than one global batch "
@@ -685,13 +810,19 @@ def build_train_loader(root: str, input_size: int, batch_size: int, env, workers
 def build_val_loader(root: str, input_size: int, batch_size_per_rank: int, env,
                      workers: int, input_format: str = DEFAULT_INPUT_FORMAT, *,
                      classes: int | None = None, what: str = "--test_dir",
-                     reduced_decode: bool = True) -> ValLoader:
-    """Validation loader over this rank's disjoint shard (no padding, no duplicates)."""
+                     reduced_decode: bool = True,
+                     resize_mode: str = DEFAULT_RESIZE_MODE) -> ValLoader:
+    """Validation loader over this rank's disjoint shard (no padding, no duplicates).
+
+    `resize_mode`: "antialias" (resize the centre box with antialiased bilinear) or
+    "linear" (the original's: OpenCV INTER_LINEAR resize of the whole image, then crop).
+    """
     _check_format(input_format)
+    resize_mode = _check_resize_mode(resize_mode)
     folder = scan_image_folder(root, what)
     num_classes = _num_classes(folder, classes, what)
     dataset = SeededImageFolder(folder.samples, input_size, train=False,
-                                reduced_decode=reduced_decode)
+                                reduced_decode=reduced_decode, resize_mode=resize_mode)
     sampler = ShardSampler(len(dataset), env.rank, env.world_size)
     workers = default_workers() if workers is None else max(0, int(workers))
     loader = DataLoader(dataset, batch_size=batch_size_per_rank, sampler=sampler,
@@ -702,21 +833,34 @@ def build_val_loader(root: str, input_size: int, batch_size_per_rank: int, env,
 
 # ---- device-side batch preparation -----------------------------------------------------
 
-_STATS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_STATS: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 
-def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _consts(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(255 as a 0-dim tensor, 1 / (255 std), -mean / std), shape [1, 3, 1, 1], on `device`."""
     key = (device.type, device.index)
     if key not in _STATS:
         mean = torch.tensor(IMAGENET_MEAN, device=device).mul_(255).view(1, 3, 1, 1)
         inv_std = torch.tensor(IMAGENET_STD, device=device).mul_(255).reciprocal_().view(1, 3, 1, 1)
-        _STATS[key] = (mean, inv_std)
+        # A device tensor, not a Python number: CUDA divides by a CPU scalar as a multiply
+        # by its reciprocal, which rounds x / 255 differently from numpy for half the values.
+        c255 = torch.tensor(255.0, device=device)
+        _STATS[key] = (c255, inv_std, (-mean).mul_(inv_std))
     return _STATS[key]
 
 
 def prepare_batch(batch, device: torch.device, input_format: str = DEFAULT_INPUT_FORMAT,
                   channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(uint8 images, labels[, lighting]) from a loader -> (float32 input, labels) on device."""
+    """(uint8 images, labels[, lighting]) from a loader -> (float32 input, labels) on device.
+
+    lighting: [b, 3] RGB offsets in [0, 1] units (`pca_lighting_offset`). Each image
+    becomes, as in the original's LighteningJitter, the float32 computation
+    floor(clip((x / 255 + offset) * 255, 0, 255)) (its uint8 conversion truncates), per
+    RGB channel; then bgr255 flips the channels to B, G, R, and rgb normalises with the
+    ImageNet mean and std. (The original adds a float64 offset before rounding to
+    float32, this a float32 one: the two agreed on all 30M pixels of 200 random draws;
+    where they cannot, it is one grey level.)
+    """
     images, labels = batch[0], batch[1]
     lighting = batch[2] if len(batch) > 2 else None
     non_blocking = device.type == "cuda"
@@ -727,26 +871,22 @@ def prepare_batch(batch, device: torch.device, input_format: str = DEFAULT_INPUT
         x = x.flip(1)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    x = x.float()  # keeps the memory format
-    # Lighting and normalisation fold into one per-(image, channel) affine map, applied
-    # in two passes over the pixels: x * scale + offset.
-    offset = None
+    x = x.float()  # keeps the memory format; the in-place passes below keep it too
+    c255, inv_std, shift = _consts(device)
     if lighting is not None:
-        offset = lighting.to(device, non_blocking=non_blocking).mul(255.0).view(-1, 3, 1, 1)
+        offset = lighting.to(device, torch.float32, non_blocking=non_blocking).view(-1, 3, 1, 1)
         if bgr:
-            offset = offset.flip(1)
-    if bgr:
-        if offset is not None:
-            x.add_(offset)
-    else:
-        mean, inv_std = _mean_std(device)
-        offset = (-mean if offset is None else offset - mean).mul_(inv_std)
-        x.mul_(inv_std).add_(offset)
+            offset = offset.flip(1)  # the image's channels are B, G, R by now
+        x.div_(c255).add_(offset).mul_(255.0).clamp_(0.0, 255.0).floor_()
+    if not bgr:
+        x.mul_(inv_std).add_(shift)
     return x, labels.to(device, non_blocking=non_blocking)
 
 
-__all__ = ["INPUT_FORMATS", "DEFAULT_INPUT_FORMAT", "IMAGENET_MEAN", "IMAGENET_STD",
-           "PCA_EIGVAL", "PCA_EIGVEC", "BadImageError", "val_resize_size", "add_data_args",
+__all__ = ["INPUT_FORMATS", "DEFAULT_INPUT_FORMAT", "RESIZE_MODES", "DEFAULT_RESIZE_MODE",
+           "IMAGENET_MEAN", "IMAGENET_STD", "PCA_EIGVAL", "PCA_EIGVEC", "PCA_EIGVEC_RGB",
+           "pca_lighting_offset", "reference_resize_size", "linear_resize", "linear_val_crop",
+           "BadImageError", "val_resize_size", "add_data_args",
            "default_workers",
            "random_resized_crop_params", "SeededImageFolder", "FolderIndex", "scan_image_folder",
            "epoch_permutation", "GlobalBatchSampler", "ShardSampler", "TrainLoader",

@@ -25,8 +25,8 @@ Public API (stable; add, don't break):
     rng_state() -> dict (weights_only-safe); set_rng_state(state)
     GracefulStop(env)                      # SIGINT/SIGTERM -> .requested; finish the step,
         context manager; .should_stop() agrees over ranks (CPU side group, no GPU sync)
-    param_groups_no_bn_decay(model, weight_decay, params=None) -> SGD param groups:
-        decay on conv (>=2-D) and linear weights only, none on BN/bias
+    param_groups_no_bn_decay(model, weight_decay, params=None, policy="conv") -> SGD
+        param groups; DECAY_POLICIES: conv | conv+classifier | conv+linear-weight
     Timer: .elapsed()
 """
 from __future__ import annotations
@@ -379,23 +379,40 @@ class GracefulStop:
         return agreed
 
 
-def param_groups_no_bn_decay(model: nn.Module, weight_decay: float,
-                             params: Iterable[nn.Parameter] | None = None) -> list[dict]:
-    """SGD groups: weight decay on conv and linear weights only (SPEC), none on BN/bias.
+# Which parameters get weight decay, as the original stages chose them (docs/method.md,
+# "Weight decay"): the supernet decays every conv weight and the classifier's weight and
+# bias; the retrain script names `classifier.0.*`, which in its retrained network is the
+# dropout, so only the 4-D conv weights are decayed there.
+DECAY_POLICIES = ("conv", "conv+classifier", "conv+linear-weight")
 
+
+def param_groups_no_bn_decay(model: nn.Module, weight_decay: float,
+                             params: Iterable[nn.Parameter] | None = None,
+                             policy: str = "conv") -> list[dict]:
+    """SGD groups: weight decay on the parameters `policy` names, none on the rest.
+
+    conv: 4-D conv weights only (the original retrain); conv+classifier: also the
+    classifier Linear's weight and bias (the original supernet); conv+linear-weight: also
+    Linear weights but not biases (a common modern choice). BN parameters are never decayed.
     `params` restricts the groups to those parameters (e.g. only trainable ones); the
     order follows `model.named_parameters()` so it is the same on every rank and run.
     """
+    if policy not in DECAY_POLICIES:
+        raise ValueError(f"unknown weight-decay policy {policy!r} (one of {DECAY_POLICIES})")
     keep = None if params is None else {id(p) for p in params}
     decay, no_decay = [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if keep is not None and id(p) not in keep:
                 continue
-            if name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear)):
-                decay.append(p)
+            if isinstance(module, nn.Conv2d):
+                decayed = name == "weight"
+            elif isinstance(module, nn.Linear):
+                decayed = (policy == "conv+classifier"
+                           or (policy == "conv+linear-weight" and name == "weight"))
             else:
-                no_decay.append(p)
+                decayed = False
+            (decay if decayed else no_decay).append(p)
     groups = []
     if decay:
         groups.append(dict(params=decay, weight_decay=weight_decay))
@@ -415,7 +432,7 @@ class Timer:
 __all__ = ["AMP_MODES", "add_amp_args", "resolve_channels_last", "Amp", "LinearSchedule",
            "topk_correct", "accuracy", "DeviceMeter", "ProgressBar", "MetricsLogger",
            "metrics_path_for", "seed_everything", "rng_state", "set_rng_state",
-           "GracefulStop", "param_groups_no_bn_decay", "Timer"]
+           "GracefulStop", "param_groups_no_bn_decay", "DECAY_POLICIES", "Timer"]
 
 
 class TrainerState:

@@ -17,6 +17,11 @@ scored once. Differences from the reference, on purpose:
   when the limit is so tight that random architectures never fit).
 * `state_dict()` after every generation holds everything the next one depends on,
   including the generator state, so a resumed run equals an uninterrupted one.
+
+`memory` has the reference's meaning: one list per generation of the population that
+generation started from (arch tuples, so they index vis_dict). The top `select_num` after
+each generation, which `memory` held in logs before version 2, is `keep_top_history`;
+`upgrade_state` converts such older states.
 """
 from __future__ import annotations
 
@@ -50,6 +55,22 @@ class EASettings:
 def rank_key(arch: Arch, info: dict) -> tuple:
     """Best first: higher score, then fewer FLOPs, fewer params, then the arch itself."""
     return (-info["score"], info["flops"], info.get("params") or 0, tuple(arch))
+
+
+def upgrade_state(state: dict) -> dict:
+    """`state` with `memory` as the reference's per-generation populations.
+
+    States written before `keep_top_history` existed (log version 1) held the top-k
+    history under `memory`; their `populations` give the real memory exactly (generation
+    g started from populations[g]). Raises ValueError when neither key is there.
+    """
+    if "keep_top_history" in state:
+        return state
+    if "populations" not in state:
+        raise ValueError("the EA state has neither keep_top_history nor populations")
+    out = dict(state, keep_top_history=[list(map(list, g)) for g in state.get("memory") or []])
+    out["memory"] = [[tuple(c) for c in g] for g in state["populations"][:int(state["epoch"])]]
+    return out
 
 
 class ChoiceSampler:
@@ -90,13 +111,14 @@ class Evolution:
         self.sampler = ChoiceSampler(space)
         self.rng = np.random.default_rng(settings.seed)
         # What the reference saves (same keys, same meaning) ...
-        self.memory: list[list[list[int]]] = []  # per generation: its top select_num
+        self.memory: list[list[Arch]] = []  # per generation: the population it started from
         self.candidates: list[Arch] = []  # the current population
         self.vis_dict: dict[Arch, dict] = {}  # every scored candidate
         self.keep_top_k: dict[int, list[Arch]] = {settings.select_num: [], TOP_LIST: []}
         self.epoch = 0
         # ... and what exact resumption needs besides.
         self.initialised = False
+        self.keep_top_history: list[list[list[int]]] = []  # per generation: its top select_num
         self.populations: list[list[list[int]]] = []
         self.stats: list[dict] = []  # per generation: counts and seconds
         self.score_seconds = 0.0
@@ -105,7 +127,9 @@ class Evolution:
     # ---- state -----------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Plain Python values only (weights_only-loadable); tuple keys are fine there."""
-        return dict(memory=self.memory, candidates=[list(c) for c in self.candidates],
+        return dict(memory=[[tuple(c) for c in g] for g in self.memory],
+                    keep_top_history=self.keep_top_history,
+                    candidates=[list(c) for c in self.candidates],
                     vis_dict=self.vis_dict,
                     keep_top_k={k: [list(c) for c in v] for k, v in self.keep_top_k.items()},
                     epoch=self.epoch, initialised=self.initialised,
@@ -113,7 +137,9 @@ class Evolution:
                     score_seconds=self.score_seconds, rng_state=self.rng.bit_generator.state)
 
     def load_state_dict(self, state: dict) -> None:
-        self.memory = [list(map(list, g)) for g in state["memory"]]
+        state = upgrade_state(state)
+        self.memory = [[tuple(int(a) for a in c) for c in g] for g in state["memory"]]
+        self.keep_top_history = [list(map(list, g)) for g in state["keep_top_history"]]
         self.candidates = [tuple(c) for c in state["candidates"]]
         self.vis_dict = {tuple(int(a) for a in k): dict(v) for k, v in state["vis_dict"].items()}
         self.keep_top_k = {int(k): [tuple(c) for c in v] for k, v in state["keep_top_k"].items()}
@@ -231,8 +257,10 @@ class Evolution:
             generation = 0
         else:
             s = self.settings
+            # As the reference: memory gets the population before it enters the top-k.
+            self.memory.append([tuple(c) for c in self.candidates])
             self._update_top_k(self.candidates)
-            self.memory.append([list(c) for c in self.keep_top_k[s.select_num]])
+            self.keep_top_history.append([list(c) for c in self.keep_top_k[s.select_num]])
             self._mutations(taken)
             self._crossovers(taken)
             self._random_fill(taken, len(taken))

@@ -237,43 +237,54 @@ def _fmt_corr(p: dict) -> str:
     return f"tau {p['tau']:+.2f}{ci}, rho {p['rho']:+.2f}"
 
 
-def _last(report: dict, family: str) -> tuple[str, dict] | None:
-    found = [(k, p) for k, p in report["predictors"].items() if p["family"] == family]
-    return max(found, key=lambda kp: kp[1].get("epoch") or 0) if found else None
+def _last_of(report: dict, family: str) -> str | None:
+    """The predictor of `family` at its last snapshot (or the family itself)."""
+    found = [(k, p) for k, p in report["predictor_scores"].items() if p["family"] == family]
+    return max(found, key=lambda kp: kp[1].get("iter") or 0)[0] if found else None
+
+
+SCATTER_PANELS = (("bn_indicator[indicator]", "BN indicator, BN-only supernet"),
+                  ("spos_accuracy", "SPOS top-1 on the held-out split (%)"),
+                  ("flops", "FLOPs (M)"), ("params", "parameters (M)"),
+                  ("synflow", "synflow (log10)"), ("naswot", "NASWOT"),
+                  ("grad_norm", "grad-norm"), ("snip", "SNIP"), ("random", "random score"))
 
 
 def _plot_scatter(report: dict, path: str) -> str:
     truth = np.array([s["top1"] for s in report["subnets"]])
     flops = np.array([s["flops"] for s in report["subnets"]], dtype=np.float64) / 1e6
+    under = np.array([s["stratum"] == "under_limit" for s in report["subnets"]])
+    stats = report["strata"]["all"]["predictors"]
     panels = []
-    for family, label in (("bn_indicator", "BN indicator, BN-only supernet"),
-                          ("spos_accuracy", "SPOS top-1 (%), SPOS supernet"),
-                          ("bn_indicator_spos_supernet", "BN indicator, SPOS supernet"),
-                          ("flops", "FLOPs (M)"), ("params", "parameters (M)"),
-                          ("random", "random score")):
-        found = _last(report, family)
-        if found is None:
+    for family, label in SCATTER_PANELS:
+        name = _last_of(report, family)
+        if name is None:
             continue
-        name, p = found
-        x = np.asarray(p["scores"], dtype=np.float64)
+        x = np.asarray(report["predictor_scores"][name]["scores"], dtype=np.float64)
         if family in ("flops", "params"):
             x = x / 1e6
-        ep = f" (epoch {p['epoch']})" if p.get("epoch") is not None else ""
-        panels.append((f"{label}{ep}", x, p))
+        if family == "synflow":
+            x = np.log10(np.maximum(x, 1e-300))
+        it = report["predictor_scores"][name].get("iter")
+        panels.append((label + (f" (iter {it})" if it is not None else ""), x, stats[name]))
     cols = 3
     rows = (len(panels) + cols - 1) // cols
-    fig = Figure(figsize=(4.3 * cols, 3.7 * rows), layout="constrained")
-    gt = report.get("ground_truth") or {}
-    fig.suptitle(f"Predictor vs ground truth: {len(truth)} subnets trained from scratch "
-                 f"({gt.get('epochs')} epochs); colour = FLOPs", fontsize=11)
+    fig = Figure(figsize=(4.3 * cols, 3.6 * rows), layout="constrained")
+    gt = report["ground_truth"]
+    fig.suptitle(f"Predictors vs ground truth ({len(truth)} subnets trained from scratch, "
+                 f"{gt['iters']} iterations x {len(gt['seeds'])} seeds); colour = FLOPs, "
+                 f"circles under the limit, squares over; tau over all subnets", fontsize=10)
     sc = None
-    for k, (label, x, p) in enumerate(panels):
+    for k, (label, x, st) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, k + 1)
-        sc = ax.scatter(x, truth, c=flops, cmap="viridis", s=22, edgecolors="black",
-                        linewidths=0.3)
+        for mask, marker in ((under, "o"), (~under, "s")):
+            if mask.any():
+                sc = ax.scatter(x[mask], truth[mask], c=flops[mask], cmap="viridis", s=22,
+                                marker=marker, edgecolors="black", linewidths=0.3,
+                                vmin=flops.min(), vmax=flops.max())
         ax.set_xlabel(label, fontsize=9)
         ax.set_ylabel("ground-truth top-1 (%)", fontsize=9)
-        ax.set_title(_fmt_corr(p), fontsize=9)
+        ax.set_title(_fmt_corr(st), fontsize=9)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
     if sc is not None:
@@ -281,57 +292,115 @@ def _plot_scatter(report: dict, path: str) -> str:
     return _save(fig, path)
 
 
+def _ci_arrays(pts: list[dict], stat: str) -> tuple[np.ndarray, np.ndarray]:
+    lo = np.array([c[f"{stat}_ci"][0] if c[f"{stat}_ci"][0] is not None else np.nan
+                   for c in pts])
+    hi = np.array([c[f"{stat}_ci"][1] if c[f"{stat}_ci"][1] is not None else np.nan
+                   for c in pts])
+    return lo, hi
+
+
 def _plot_curves(report: dict, path: str) -> str:
-    fig = Figure(figsize=(11.0, 4.2), layout="constrained")
-    styles = {"bn_indicator": ("tab:red", "o", "BN indicator (BN-only supernet)"),
-              "spos_accuracy": ("tab:blue", "s", "SPOS accuracy (SPOS supernet)")}
-    flat = {"flops": ("tab:green", "FLOPs"), "params": ("tab:purple", "params"),
-            "random": ("gray", "random")}
-    for k, (stat, name) in enumerate((("tau", "Kendall tau"), ("rho", "Spearman rho"))):
-        ax = fig.add_subplot(1, 2, k + 1)
-        for fam, (color, marker, label) in styles.items():
-            pts = [c for c in report["curves"].get(fam, []) if c[stat] is not None]
+    """Kendall tau against supernet iterations, per supernet kind, in both strata."""
+    strata = list(report["curves"])
+    fig = Figure(figsize=(6.0 * len(strata) + 2.5, 4.2), layout="constrained")
+    colors = ["tab:red", "tab:orange", "tab:brown", "tab:pink", "tab:blue", "tab:cyan"]
+    flat = {"flops": ("tab:green", "FLOPs"), "params": ("tab:purple", "params")}
+    for k, stratum in enumerate(strata):
+        ax = fig.add_subplot(1, len(strata), k + 1)
+        for j, (fam, pts) in enumerate(sorted(report["curves"][stratum].items())):
+            pts = [c for c in pts if c["tau"] is not None]
             if not pts:
                 continue
-            e = np.array([c["epoch"] for c in pts], dtype=np.float64)
-            v = np.array([c[stat] for c in pts])
-            lo = np.array([c[f"{stat}_ci"][0] if c[f"{stat}_ci"][0] is not None else np.nan
-                           for c in pts])
-            hi = np.array([c[f"{stat}_ci"][1] if c[f"{stat}_ci"][1] is not None else np.nan
-                           for c in pts])
-            ax.plot(e, v, marker=marker, color=color, label=label)
-            ax.fill_between(e, lo, hi, color=color, alpha=0.15)
-        found = _last(report, "bn_indicator_spos_supernet")
-        if found and found[1][stat] is not None:
-            p = found[1]
-            ax.errorbar([p["epoch"]], [p[stat]],
-                        yerr=[[p[stat] - (p[f"{stat}_ci"][0] or p[stat])],
-                              [(p[f"{stat}_ci"][1] or p[stat]) - p[stat]]],
-                        fmt="^", color="tab:orange", capsize=3,
-                        label="BN indicator (SPOS supernet)")
-        rel = (report.get("ground_truth") or {}).get("reliability")
-        if rel and rel.get(stat) is not None:
-            ax.axhspan(*(c if c is not None else rel[stat] for c in rel[f"{stat}_ci"]),
-                       color="black", alpha=0.06)
-            ax.axhline(rel[stat], color="black", ls=":", lw=1.5,
-                       label=f"ground truth vs itself, 2nd seed ({rel[stat]:+.2f})")
+            x = np.array([c["iter"] for c in pts], dtype=np.float64)
+            v = np.array([c["tau"] for c in pts])
+            lo, hi = _ci_arrays(pts, "tau")
+            color = colors[j % len(colors)]
+            ax.plot(x, v, marker="o", color=color, label=fam)
+            ax.fill_between(x, lo, hi, color=color, alpha=0.12)
+        ag = report["strata"][stratum].get("ground_truth_agreement")
+        if ag and ag.get("tau") is not None:
+            ax.axhline(ag["tau"], color="black", ls=":", lw=1.5,
+                       label=f"ground truth vs itself ({ag['tau']:+.2f})")
         for fam, (color, label) in flat.items():
-            found = _last(report, fam)
-            if found and found[1][stat] is not None:
-                ax.axhline(found[1][stat], color=color, ls="--", lw=1.2,
-                           label=f"{label} ({found[1][stat]:+.2f})")
+            st = report["strata"][stratum]["predictors"].get(fam)
+            if st and st["tau"] is not None:
+                ax.axhline(st["tau"], color=color, ls="--", lw=1.2,
+                           label=f"{label} ({st['tau']:+.2f})")
         ax.axhline(0.0, color="black", lw=0.6)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("supernet epoch")
-        ax.set_ylabel(f"{name} vs ground truth")
+        ax.set_xscale("log")
+        ax.set_xlabel("supernet training iterations")
+        ax.set_ylabel("Kendall tau vs ground truth")
         ax.set_ylim(-1.0, 1.0)
         ax.grid(alpha=0.3)
-        ax.set_title(f"{name} (shaded: bootstrap 95% interval)", fontsize=10)
-        if k == 1 and ax.get_legend_handles_labels()[0]:
+        ax.set_title(f"{stratum} ({report['strata'][stratum]['subnets']} subnets; shaded: "
+                     f"95% interval)", fontsize=10)
+        if k == len(strata) - 1 and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return _save(fig, path)
+
+
+def _plot_predictors(report: dict, path: str) -> str:
+    """Every predictor's tau with its interval, side by side, in both strata."""
+    fams = [f for f, _ in SCATTER_PANELS] + sorted(
+        {p["family"] for p in report["predictor_scores"].values()} - {f for f, _ in
+                                                                       SCATTER_PANELS})
+    names = [n for n in (_last_of(report, f) for f in fams) if n is not None]
+    strata = list(report["strata"])
+    fig = Figure(figsize=(9.5, 0.42 * len(names) + 1.6), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    y = np.arange(len(names))
+    for j, stratum in enumerate(strata):
+        st = report["strata"][stratum]["predictors"]
+        v = np.array([st[n]["tau"] if st[n]["tau"] is not None else np.nan for n in names])
+        lo, hi = _ci_arrays([st[n] for n in names], "tau")
+        off = (j - (len(strata) - 1) / 2) * 0.3
+        ax.errorbar(v, y + off, xerr=[np.nan_to_num(v - lo), np.nan_to_num(hi - v)], fmt="o",
+                    capsize=3,
+                    label=f"{stratum} ({report['strata'][stratum]['subnets']} subnets)")
+        ag = report["strata"][stratum].get("ground_truth_agreement")
+        if ag and ag.get("tau") is not None:
+            ax.axvline(ag["tau"], ls=":", lw=1.2, color=f"C{j}",
+                       label=f"ground truth vs itself, {stratum} ({ag['tau']:+.2f})")
+    ax.axvline(0.0, color="black", lw=0.6)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(-1.0, 1.0)
+    ax.set_xlabel("Kendall tau vs ground truth (95% bootstrap interval)")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=7.5, loc="lower right")
+    return _save(fig, path)
+
+
+def _plot_pilot(report: dict, path: str) -> str:
+    """The pilot: seed-to-seed tau of the ground truth against training cost."""
+    pts = [p for p in report["pilot"]["budgets"]
+           if p["agreement"] and p["agreement"]["tau"] is not None]
+    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    if pts:
+        x = np.array([p["seconds_per_training"] for p in pts])
+        v = np.array([p["agreement"]["tau"] for p in pts])
+        lo, hi = _ci_arrays([p["agreement"] for p in pts], "tau")
+        ax.errorbar(x, v, yerr=[np.nan_to_num(v - lo), np.nan_to_num(hi - v)], fmt="o-",
+                    capsize=3)
+        for p, xi, vi in zip(pts, x, v):
+            ax.annotate(f"{p['iters']} it, {p['mean_top1']:.1f}%", (xi, vi), fontsize=8,
+                        xytext=(4, -12), textcoords="offset points")
+    ax.axhline(report["pilot"]["target"], color="tab:red", ls="--", lw=1,
+               label=f"target {report['pilot']['target']}")
+    ax.set_xlabel("seconds per training (one thread)")
+    ax.set_ylabel("seed-to-seed Kendall tau")
+    ax.set_ylim(-1.0, 1.0)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"Pilot: {pts[0]['subnets'] if pts else 0} subnets trained twice per budget",
+                 fontsize=10)
+    ax.legend(fontsize=8)
     return _save(fig, path)
 
 
 def plot_ranking(report: dict, out_dir: str) -> list[str]:
     return [_plot_scatter(report, os.path.join(out_dir, "ranking_scatter.png")),
-            _plot_curves(report, os.path.join(out_dir, "ranking_tau_vs_epoch.png"))]
+            _plot_curves(report, os.path.join(out_dir, "ranking_tau_vs_iterations.png")),
+            _plot_predictors(report, os.path.join(out_dir, "ranking_predictors.png")),
+            _plot_pilot(report, os.path.join(out_dir, "ranking_pilot.png"))]

@@ -1,27 +1,34 @@
-"""The ranking study behind tools/ranking_study.py: does the BN indicator rank subnets right?
+"""The ranking study behind tools/ranking_study.py: does the BN indicator rank subnets?
 
-Stages, each cached under the study folder so that rerunning the same command resumes.
-Every stage's folder is named after a key of exactly the settings its results depend on
-(`stage_keys`): changing, say, the supernet LR trains new supernets but reuses the
-subnets already trained from scratch, and never mixes results of different settings.
+Stages (each resumable; every result is a small JSON file under the report folder,
+`docs/ranking/` by default, which is committed, so a study continues on a fresh machine
+from what is there and recomputes nothing that is):
 
-1. data      - an ImageFolder (`--data`), or Fashion-MNIST written by utils/demo_data.py
-               (the full Debian dataset when installed, else the committed slice);
-2. supernets - supernet/main.py twice, BN-only (BN-NAS) and --train-all (SPOS), one
-               invocation per epoch (`--stop-after` one epoch's iterations), so the
-               weights at every epoch end are kept as slim snapshots;
-3. subnets   - N architectures spread over the FLOPs range under the search limit
-               (utils.arch_sampling), each trained from scratch with
-               retrain/train_from_scratch.py on the same short budget; its final
-               validation top-1 is the ground truth (eval-<id>/result.json is the cache);
-4. scores    - the BN indicator of every BN-only snapshot (utils.indicator), SPOS accuracy
-               (utils.spos_score: BN recalibration + fixed validation subset) of every SPOS
-               snapshot, FLOPs, parameters and a seeded random score;
-5. report    - Kendall tau and Spearman rho of each against the ground truth with
-               bootstrap intervals (utils.ranking), ranking.json and the plots.
+1. data      - Fashion-MNIST written by utils/demo_data.py (the full Debian set when it
+               is installed, else the committed slice) or a given ImageFolder; then a
+               class-balanced held-out split of its train set (utils/holdout_split.py):
+               supernets and subnets train on the rest, SPOS scoring measures accuracy
+               on the held-out images, the ground truth is top-1 on the test set.
+2. archs     - N architectures in two FLOPs strata, under and over the search limit, each
+               spread over its range (utils/arch_sampling.py); `archs.json`.
+3. pilot     - a third of them trained twice at each pilot budget: the seed-to-seed tau
+               against cost decides the ground truth's budget (the cheapest reaching
+               `tau_target`, else the largest tried).
+4. truth     - every architecture trained from scratch at that budget, once per seed;
+               `truth/<budget key>/<arch id>-s<seed>.json`.
+5. supernets - BN-only (the original's trainable set, plus the ablations) and SPOS, each
+               one run with snapshots at set iterations; what the study needs of a
+               snapshot is kept as JSON (the indicator matrix; SPOS accuracies), so the
+               checkpoints themselves (under --out) are never needed again.
+6. predictors- BN indicator per snapshot, SPOS accuracy, FLOPs, params, random, and the
+               zero-cost proxies of utils/zero_cost.py on each subnet at init;
+               each with its compute time per candidate.
+7. report    - Kendall tau / Spearman rho with bootstrap intervals for every predictor in
+               both strata, the conclusion by the rule fixed before the run
+               (`conclusion`), ranking.json and the plots.
 
-The stages are driven through their command lines in child processes (each with its own
-log in its stage folder), so this module depends only on their documented flags.
+Training stages run through their command lines in child processes, `parallel` at a time
+(one thread each), so this module relies only on their documented flags.
 """
 from __future__ import annotations
 
@@ -33,7 +40,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -42,68 +51,100 @@ import numpy as np
 from utils import checkpoint as ckpt
 from utils.cli import REPO_ROOT, UserError
 
-VERSION = 1
+VERSION = 2
+STRATA = ("all", "under_limit")
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(float(v)) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--{what} must be a comma-separated list of integers, got {text!r}")
+    if not values or min(values) < 1:
+        raise UserError(f"--{what} needs positive integers, got {text!r}")
+    return sorted(set(values))
 
 
 @dataclass
 class StudySettings:
     """Everything that decides the study's numbers (a resumed study must match them)."""
 
-    # space (mobilenet 32x32, width 0.5, stem stride 2: small enough for a CPU)
+    # space: mobilenet on 28x28 Fashion-MNIST, width 0.35 - small enough for a CPU
     space: str = "mobilenet"
-    input_size: int = 32
-    width_mult: float = 0.5
+    input_size: int = 28
+    width_mult: float = 0.35
     stem_stride: int = 2
     fixed_skips: str | None = None  # None: the space's default
     # data
     data: str | None = None  # an ImageFolder root with train/ and val/; None: demo_data
     source: str = "auto"  # auto = debian when installed, else slice
-    train_per_class: int | None = 300
-    val_per_class: int | None = 200
-    # augmentation of both training stages: the demo's (SPEC 5's area 0.08 crop and PCA
-    # lighting leave a 28-pixel garment unrecognisable and kept every stage near chance)
+    train_per_class: int | None = None  # None: every image of the source
+    val_per_class: int | None = None
+    holdout_per_class: int = 500  # held out of train for SPOS scoring (5,000 of 60,000)
+    # augmentation of every training stage: small centred images want mild crops
     min_scale: float = 0.85
     lighting: float = 0.0
-    # supernets
-    bn_epochs: int = 24  # cheap (BN-only): a long tau-vs-epoch curve
-    spos_epochs: int = 6
+    # supernets: one run each, snapshots at these iterations (the last = its length)
     supernet_batch: int = 64
-    # BN-only: the reference LR (SPEC 5) - only BN affine parameters move, and they must
-    # move for the indicator to say anything. SPOS (all weights) at batch 64: 0.25 diverges
-    # here (loss 5.9 in the first epoch), so a smaller one.
+    bn_snapshots: str = "250,500,1000,2000,4000,8000,16000,24000"
     bn_lr: float = 0.25
+    ablations: str = "all"  # BN-only variants besides the original: all, +classifier
+    spos_snapshots: str = "2000,4000,8000"
     spos_lr: float = 0.05
-    # ground truth
-    subnets: int = 30
-    subnet_epochs: int = 4
-    subnet_batch: int = 64
-    subnet_lr: float = 0.25
+    # architectures and ground truth
+    subnets_under: int = 15
+    subnets_over: int = 15
+    pilot_every: int = 3  # the pilot trains every third architecture (FLOPs order)
+    pilot_budgets: str = "250,750"  # iterations at --subnet-batch
+    tau_target: float = 0.6
+    subnet_iters: int | None = None  # None: chosen by the pilot
+    subnet_batch: int = 128
+    subnet_lr: float = 0.1
     subnet_dropout: float = 0.0
-    truth_seeds: int = 2  # trainings per subnet: ground truth = mean top-1 over them
+    truth_seeds: int = 2
     flops_limit: float | None = None  # MFLOPs; None: utils.search_limits default
-    # SPOS scoring
-    spos_bn_batches: int = 5
-    spos_batch: int = 64
-    spos_val_images: int = 1000
+    # SPOS scoring (BN recalibration on train, accuracy on the held-out split)
+    spos_bn_batches: int = 20
+    spos_batch: int = 128
+    spos_val_images: int = 5000
+    # zero-cost proxies: one fixed batch of training images
+    proxy_batch: int = 64
     seed: int = 0
 
     def check(self) -> None:
-        for name in ("bn_epochs", "spos_epochs", "supernet_batch", "subnets", "subnet_epochs",
-                     "subnet_batch", "truth_seeds", "spos_bn_batches", "spos_batch",
-                     "spos_val_images"):
+        for name in ("supernet_batch", "subnet_batch", "truth_seeds", "spos_bn_batches",
+                     "spos_batch", "spos_val_images", "proxy_batch", "pilot_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got "
                                 f"{getattr(self, name)}")
-        if self.subnets < 3:
-            raise UserError(f"--subnets must be >= 3 for a rank correlation, got {self.subnets}")
+        for name in ("subnets_under", "subnets_over", "holdout_per_class"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0, got "
+                                f"{getattr(self, name)}")
+        if self.subnets_under + self.subnets_over < 3:
+            raise UserError("--subnets-under plus --subnets-over must be >= 3 for a rank "
+                            "correlation")
+        if self.subnet_iters is not None and self.subnet_iters < 1:
+            raise UserError(f"--subnet-iters must be >= 1, got {self.subnet_iters}")
+        for name in ("bn_snapshots", "spos_snapshots", "pilot_budgets"):
+            _ints(getattr(self, name), name.replace("_", "-"))
+        for name in self.ablation_list():
+            if name not in ABLATIONS:
+                raise UserError(f"--ablations: unknown variant {name!r} (known: "
+                                f"{', '.join(ABLATIONS)})")
         if not 0.0 < self.min_scale <= 1.0:
             raise UserError(f"--min-scale must be in (0, 1], got {self.min_scale}")
         if self.lighting < 0:
             raise UserError(f"--lighting must be >= 0, got {self.lighting}")
         if not 0.0 <= self.subnet_dropout < 1.0:
             raise UserError(f"--subnet-dropout must be in [0, 1), got {self.subnet_dropout}")
+        if not -1.0 <= self.tau_target <= 1.0:
+            raise UserError(f"--tau-target must be in [-1, 1], got {self.tau_target}")
         if self.source not in ("auto", "slice", "debian"):
             raise UserError(f"--source must be auto, slice or debian, got {self.source}")
+
+    def ablation_list(self) -> list[str]:
+        return [a.strip() for a in (self.ablations or "").split(",") if a.strip()]
 
     def space_flags(self) -> list[str]:
         flags = ["--space", self.space, "--input-size", str(self.input_size),
@@ -116,13 +157,20 @@ class StudySettings:
         return ["--min-scale", str(self.min_scale), "--lighting", str(self.lighting)]
 
 
+# BN-only supernet variants: name -> supernet/main.py flags. "indicator" is the original.
+ABLATIONS = {"indicator": [], "all": ["--bn-params", "all"],
+             "indicator+classifier": ["--train-classifier"],
+             "all+classifier": ["--bn-params", "all", "--train-classifier"]}
+
+
 @dataclass
 class RunOptions:
     """How the study runs (not what it computes): free to change between resumes."""
 
-    out: str
-    report_dir: str
-    threads: int = 2
+    out: str  # checkpoints and logs (not committed)
+    report_dir: str  # the committed results: JSON, plots
+    parallel: int = 2  # training processes at once
+    threads: int = 1  # torch threads per process
     workers: int = 1
     bootstrap: int = 2000
     device: str = "cpu"  # for every stage: cpu, cuda or auto
@@ -130,9 +178,14 @@ class RunOptions:
     log: Callable[[str], None] = print
 
 
-# ---- small helpers -------------------------------------------------------------------
+# ---- child processes ------------------------------------------------------------------
 
-def _child_env(opts: "RunOptions") -> dict:
+_LIVE: set[subprocess.Popen] = set()
+_LIVE_LOCK = threading.Lock()
+_STOP = threading.Event()
+
+
+def _child_env(opts: RunOptions) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = str(opts.threads)
@@ -152,86 +205,89 @@ def _last_error(log_path: str) -> str:
     return (errors or lines or [""])[-1][:300]
 
 
+class StudyStopped(Exception):
+    """The study was asked to stop (Ctrl-C / SIGTERM); every stage saved its state."""
+
+
 def run_stage(name: str, cmd: list[str], cwd: str, log_path: str, opts: RunOptions) -> float:
     """Run one stage's CLI with its output appended to `log_path`; seconds taken."""
+    if _STOP.is_set():
+        raise StudyStopped()
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    os.makedirs(cwd, exist_ok=True)
     t0 = time.perf_counter()
     with open(log_path, "a") as f:
         f.write(f"\n$ (cd {cwd} && {' '.join(cmd)})\n")
         f.flush()
+        # Own process group: a Ctrl-C reaches only this process, which then stops the
+        # stages one by one with a single SIGTERM each (they save and exit).
         proc = subprocess.Popen(cmd, cwd=cwd, env=_child_env(opts), stdout=f,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        with _LIVE_LOCK:
+            _LIVE.add(proc)
+            if _STOP.is_set():  # stop_all ran between the check above and now
+                proc.send_signal(signal.SIGTERM)
         try:
             rc = proc.wait()
-        except BaseException:
-            stop_gracefully(proc)
-            raise
+        finally:
+            with _LIVE_LOCK:
+                _LIVE.discard(proc)
+    if _STOP.is_set():
+        raise StudyStopped()
     if rc != 0:
         raise UserError(f"{name} failed (exit code {rc}): {_last_error(log_path)} "
                         f"(full log: {log_path})")
     return time.perf_counter() - t0
 
 
-def stop_gracefully(proc: subprocess.Popen, first_wait: float = 5.0) -> None:
-    """Let an interrupted stage save its checkpoint and exit (it does on SIGINT/SIGTERM).
-
-    A Ctrl-C reaches the stage too; a signal sent to this process alone does not, so the
-    stage gets one SIGTERM after a short wait (a second signal would kill it unsaved).
-    """
-    for sig, wait in ((None, first_wait), (signal.SIGTERM, 300.0)):
-        if sig is not None and proc.poll() is None:
-            proc.send_signal(sig)
+def stop_all(wait: float = 300.0) -> None:
+    """Ask every running stage to save and exit (one SIGTERM), then wait for them."""
+    with _LIVE_LOCK:
+        _STOP.set()
+        procs = list(_LIVE)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + wait
+    for p in procs:
         try:
-            proc.wait(timeout=wait)
-            return
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            continue
-    proc.kill()
-    proc.wait()
+            p.kill()
 
 
 class Timing:
-    """Seconds spent per stage, accumulated over resumed invocations (<out>/timing.json)."""
+    """Seconds per stage, accumulated over resumed invocations (report_dir/timing.json)."""
 
     def __init__(self, path: str):
         self.path = path
+        self.lock = threading.Lock()
         self.data: dict[str, float] = {}
         if os.path.exists(path):
             with open(path) as f:
                 self.data = {k: float(v) for k, v in json.load(f).items()}
 
     def add(self, key: str, seconds: float) -> None:
-        self.data[key] = self.data.get(key, 0.0) + seconds
-        ckpt.write_json_atomic(self.data, self.path)
+        with self.lock:
+            self.data[key] = self.data.get(key, 0.0) + seconds
+            ckpt.write_json_atomic(self.data, self.path)
 
 
 def _key(obj: dict) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def stage_keys(s: StudySettings, data_id: dict, config: dict) -> dict[str, str]:
-    """Folder name of each stage: its kind plus a key of what its results depend on."""
-    base = dict(data=data_id, config=config, seed=s.seed)
-    aug = dict(min_scale=s.min_scale, lighting=s.lighting)
-    sup = {mode: _key(dict(base, mode=mode, epochs=epochs, batch=s.supernet_batch, lr=lr,
-                           **aug))
-           for mode, epochs, lr in (("bn", s.bn_epochs, s.bn_lr),
-                                    ("spos", s.spos_epochs, s.spos_lr))}
-    sub = _key(dict(base, n=s.subnets, epochs=s.subnet_epochs, batch=s.subnet_batch,
-                    lr=s.subnet_lr, flops_limit=s.flops_limit, dropout=s.subnet_dropout, **aug))
-    scores = _key(dict(supernet=sup["spos"], subnets=sub, bn_batches=s.spos_bn_batches,
-                       batch=s.spos_batch, val_images=s.spos_val_images))
-    return {"supernet_bn": f"supernet_bn-{sup['bn']}",
-            "supernet_spos": f"supernet_spos-{sup['spos']}",
-            "subnets": f"subnets-{sub}", "spos_scores": f"spos_scores-{scores}"}
-
-
-def _mark(folder: str, what: dict) -> None:
-    """settings.json in a stage folder: what its key stands for (for people, not code)."""
-    path = os.path.join(folder, "settings.json")
+def _read_json(path: str) -> dict | None:
     if not os.path.exists(path):
-        os.makedirs(folder, exist_ok=True)
-        ckpt.write_json_atomic(what, path)
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def arch_id(arch) -> str:
+    """A short, stable name for an architecture (file names of its results)."""
+    return hashlib.sha1(" ".join(map(str, arch)).encode()).hexdigest()[:10]
 
 
 # ---- stage 1: data --------------------------------------------------------------------
@@ -244,8 +300,10 @@ def debian_available() -> bool:
 
 
 def prepare_data(s: StudySettings, opts: RunOptions, timing: Timing) -> dict:
-    """{root, train, val, source, train_images, val_images, classes}."""
+    """{train, holdout, val, id, counts...}: the folders every stage reads."""
     from utils.data import scan_image_folder
+    from utils.holdout_split import make_split
+    t0 = time.perf_counter()
     if s.data:
         root, source = os.path.abspath(s.data), "given"
     else:
@@ -254,266 +312,373 @@ def prepare_data(s: StudySettings, opts: RunOptions, timing: Timing) -> dict:
         if source == "auto":
             source = "debian" if debian_available() else "slice"
         root = os.path.join(opts.out, "data")
-        t0 = time.perf_counter()
         try:
-            summary = demo_data.write_tree(root, size=s.input_size,
-                                           train_per_class=s.train_per_class,
-                                           val_per_class=s.val_per_class, source=source,
-                                           seed=s.seed)
+            demo_data.write_tree(root, size=s.input_size, train_per_class=s.train_per_class,
+                                 val_per_class=s.val_per_class, source=source, seed=s.seed)
         except demo_data.DemoDataError as e:
             raise UserError(str(e)) from None
-        if not summary.get("skipped"):
-            timing.add("data", time.perf_counter() - t0)
-    train = scan_image_folder(os.path.join(root, "train"), "train/ of the study data")
-    val = scan_image_folder(os.path.join(root, "val"), "val/ of the study data")
+    train_src = os.path.join(root, "train")
+    if s.holdout_per_class > 0:
+        split_dir = os.path.join(opts.out, f"split-h{s.holdout_per_class}-s{s.seed}")
+        make_split(train_src, split_dir, per_class=s.holdout_per_class, seed=s.seed,
+                   log=lambda m: None)
+        train, holdout = os.path.join(split_dir, "train"), os.path.join(split_dir, "holdout")
+    else:
+        train, holdout = train_src, os.path.join(root, "val")  # no split: val (flagged)
+    val = os.path.join(root, "val")
+    n_train = len(scan_image_folder(train, "train split").samples)
+    n_hold = len(scan_image_folder(holdout, "held-out split").samples)
+    val_index = scan_image_folder(val, "val/ of the study data")
+    timing.add("data", time.perf_counter() - t0)
     ident = dict(root=root) if s.data else dict(
         source=source, train_per_class=s.train_per_class, val_per_class=s.val_per_class,
         size=s.input_size, seed=s.seed)
-    return dict(root=root, train=os.path.join(root, "train"), val=os.path.join(root, "val"),
-                source=source, train_images=len(train.samples), val_images=len(val.samples),
-                classes=len(train.classes), id=ident)
+    ident["holdout_per_class"] = s.holdout_per_class
+    return dict(root=root, train=train, holdout=holdout, val=val, source=source,
+                train_images=n_train, holdout_images=n_hold,
+                val_images=len(val_index.samples), classes=len(val_index.classes), id=ident)
 
 
-# ---- stage 2: supernets -------------------------------------------------------------
+# ---- stage 2: architectures -----------------------------------------------------------
 
-SNAPSHOT_KEYS = ("kind", "config", "state_dict", "train_all", "iter", "epoch", "seed",
-                 "total_iters", "steps_per_epoch")
-
-
-def train_supernet(mode: str, s: StudySettings, data: dict, opts: RunOptions,
-                   timing: Timing, name: str) -> list[tuple[int, str]]:
-    """Train the `mode` ("bn" or "spos") supernet epoch by epoch; [(epoch, snapshot)]."""
-    epochs, lr = (s.bn_epochs, s.bn_lr) if mode == "bn" else (s.spos_epochs, s.spos_lr)
-    folder = os.path.join(opts.out, name)
-    _mark(folder, dict(mode=mode, data=data["id"], space_flags=s.space_flags(), seed=s.seed,
-                       epochs=epochs, batch=s.supernet_batch, lr=lr, min_scale=s.min_scale,
-                       lighting=s.lighting))
-    live = os.path.join(folder, "checkpoint.pth.tar")
-    spe = data["train_images"] // s.supernet_batch
-    if spe < 1:
-        raise UserError(f"--supernet-batch {s.supernet_batch} is larger than the "
-                        f"{data['train_images']} training images")
-    cmd = [opts.python, os.path.join(REPO_ROOT, "supernet", "main.py"),
-           "--train_dir", data["train"], *s.space_flags(), "--batch_size", str(s.supernet_batch),
-           "--learning_rate", str(lr), "--epochs", str(epochs), "--seed", str(s.seed),
-           "--workers", str(opts.workers), "--report_freq", str(max(1, spe // 4)),
-           "--checkpoint", live, "--device", opts.device, *s.augment_flags()]
-    if mode == "spos":
-        cmd.append("--train-all")
-    label = "BN-only (BN-NAS)" if mode == "bn" else "SPOS (--train-all)"
-    out = []
-    for epoch in range(1, epochs + 1):
-        snap = os.path.join(folder, f"epoch_{epoch:03d}.pth.tar")
-        if not os.path.exists(snap):
-            done = int(ckpt.load(live)["iter"]) if os.path.exists(live) else 0
-            if done < epoch * spe:
-                opts.log(f"supernet {label}: epoch {epoch}/{epochs} ({spe} iterations) ...")
-                sec = run_stage(f"supernet {label} epoch {epoch}",
-                                cmd + ["--stop-after", str(epoch * spe - done)], opts.out,
-                                os.path.join(folder, "stage.log"), opts)
-                timing.add(name, sec)
-                opts.log(f"supernet {label}: epoch {epoch} done in {sec:.0f}s")
-            state = ckpt.load(live)
-            if int(state["iter"]) != epoch * spe:
-                # Only possible if the live checkpoint ran past an epoch we did not keep.
-                raise UserError(f"{live} is at iteration {state['iter']}, not at the end of "
-                                f"epoch {epoch} ({epoch * spe}); remove {folder} to retrain "
-                                f"this supernet")
-            slim = {k: state[k] for k in SNAPSHOT_KEYS if k in state}
-            slim["args"] = {k: v for k, v in (state.get("args") or {}).items()
-                            if k in ("input_format", "train_all", "seed")}
-            ckpt.save_atomic(slim, snap)
-        out.append((epoch, snap))
-    return out
-
-
-def supernet_curve(folder: str) -> list[dict]:
-    """Training loss and top-1 of each epoch, from the stage's metrics log (last record of
-    an epoch wins: a resumed epoch logs again)."""
-    from utils.engine import metrics_path_for
-    path = metrics_path_for(os.path.join(folder, "checkpoint.pth.tar"))
-    by_epoch: dict[int, dict] = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by a kill
-                if "epoch_loss" in rec:
-                    by_epoch[int(rec["epoch"]) + 1] = dict(
-                        epoch=int(rec["epoch"]) + 1, train_loss=float(rec["epoch_loss"]),
-                        train_top1=float(rec["epoch_top1"]))
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-# ---- stage 3: architectures and ground truth -------------------------------------
-
-def sample_archs(s: StudySettings, cfg, folder: str) -> dict:
-    """The study's architectures (fixed once written): {archs, flops, params, limit...}."""
+def sample_archs(s: StudySettings, cfg, report_dir: str) -> dict:
+    """The study's architectures, fixed once written: archs.json in the report folder."""
     from utils.arch_sampling import stratified_by_flops
     from utils.flops import load_table
-    from utils.search_limits import default_flops_limit
+    from utils.search_limits import cost_range, default_flops_limit
     from utils.spaces import get_space
-    path = os.path.join(folder, "archs.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
+    path = os.path.join(report_dir, "archs.json")
+    want = dict(config=cfg.to_dict(), under=s.subnets_under, over=s.subnets_over,
+                flops_limit=s.flops_limit, seed=s.seed, pilot_every=s.pilot_every)
+    old = _read_json(path)
+    if old is not None:
+        if old.get("request") != want:
+            raise UserError(f"{path} holds the architectures of another request "
+                            f"({old.get('request')}); use another --report-dir")
+        return old
     space, table = get_space(cfg), load_table(cfg)
     if s.flops_limit is None:
         limit_m, rule = default_flops_limit(cfg)
     else:
         limit_m, rule = float(s.flops_limit), "--flops-limit"
+    limit = limit_m * 1e6
+    _, hi = cost_range(space, table, "flops")
     try:
-        archs = stratified_by_flops(space, table, s.subnets, limit_m * 1e6, s.seed)
+        under = stratified_by_flops(space, table, s.subnets_under, limit, s.seed) \
+            if s.subnets_under else []
+        over = stratified_by_flops(space, table, s.subnets_over, float(hi), s.seed + 1,
+                                   flops_floor=limit) if s.subnets_over else []
     except ValueError as e:
         raise UserError(str(e)) from None
+    archs = under + over
     a = np.array(archs, dtype=np.int64)
-    obj = dict(archs=[list(x) for x in archs], flops=[int(v) for v in table.flops_of(a)],
-               params=[int(v) for v in table.params_of(a)], flops_limit=limit_m * 1e6,
-               flops_limit_rule=rule, config=cfg.to_dict())
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    flops = [int(v) for v in table.flops_of(a)]
+    order = sorted(range(len(archs)), key=lambda k: flops[k])
+    pilot = sorted(order[::s.pilot_every])
+    obj = dict(request=want, archs=[list(x) for x in archs],
+               ids=[arch_id(x) for x in archs], flops=flops,
+               params=[int(v) for v in table.params_of(a)],
+               stratum=["under_limit"] * len(under) + ["over_limit"] * len(over),
+               pilot=pilot, flops_limit=limit, flops_limit_rule=rule, config=cfg.to_dict())
     ckpt.write_json_atomic(obj, path)
     return obj
 
 
-def subnet_name(k: int, rep: int = 0) -> str:
-    """Run name of subnet k's training number `rep` (seed = --seed + rep)."""
-    return f"sub_{k:02d}" if rep == 0 else f"sub_{k:02d}-s{rep}"
+# ---- stages 3-4: ground truth ---------------------------------------------------------
+
+def budget_key(s: StudySettings, data: dict, config: dict, iters: int) -> str:
+    return _key(dict(data=data["id"], config=config, iters=iters, batch=s.subnet_batch,
+                     lr=s.subnet_lr, dropout=s.subnet_dropout, min_scale=s.min_scale,
+                     lighting=s.lighting))
 
 
-def train_subnets(s: StudySettings, data: dict, archs: dict, opts: RunOptions,
-                  timing: Timing, folder: str) -> list[dict]:
-    """Train every architecture from scratch, `truth_seeds` times each (cached).
-
-    Returns per subnet {top1 (mean over seeds), top1_per_seed, iters, train_time}.
-    """
-    spe = data["train_images"] // s.subnet_batch
-    if spe < 1:
-        raise UserError(f"--subnet-batch {s.subnet_batch} is larger than the "
-                        f"{data['train_images']} training images")
-    total = spe * s.subnet_epochs
-    n = len(archs["archs"])
-    runs: list[list[dict]] = [[] for _ in range(n)]
-    # Seed by seed, so a study stopped half-way already has one complete ground truth.
-    for rep in range(s.truth_seeds):
-        for k, arch in enumerate(archs["archs"]):
-            name = subnet_name(k, rep)
-            result_path = os.path.join(folder, f"eval-{name}", "result.json")
-            if not os.path.exists(result_path):
-                cmd = [opts.python, os.path.join(REPO_ROOT, "retrain", "train_from_scratch.py"),
-                       "--train_dir", data["train"], "--test_dir", data["val"],
-                       "--model_id", " ".join(map(str, arch)), *s.space_flags(),
-                       "--classes", str(data["classes"]), "--epochs", str(s.subnet_epochs),
-                       "--batch_size", str(s.subnet_batch), "--learning_rate", str(s.subnet_lr),
-                       "--seed", str(s.seed + rep), "--workers", str(opts.workers),
-                       "--save", name, "--report_freq", str(max(1, spe // 2)),
-                       "--eval-freq", str(total), "--device", opts.device,
-                       "--dropout", str(s.subnet_dropout), *s.augment_flags()]
-                sec = run_stage(f"subnet {name}", cmd, folder,
-                                os.path.join(folder, "logs", f"{name}.log"), opts)
-                timing.add(os.path.basename(folder), sec)
-            else:
-                sec = None
-            with open(result_path) as f:
-                r = json.load(f)
-            if [int(a) for a in r["arch"]] != [int(a) for a in arch]:
-                raise UserError(f"{result_path} is for another architecture; remove it")
-            if sec is not None:
-                seed_note = f", seed {s.seed + rep}" if s.truth_seeds > 1 else ""
-                opts.log(f"subnet {k + 1}/{n}{seed_note} ({archs['flops'][k] / 1e6:.2f}M FLOPs): "
-                         f"top-1 {r['final_acc_top1']:.2f}% in {sec:.0f}s")
-            runs[k].append(r)
-    return [dict(top1=float(np.mean([r["final_acc_top1"] for r in rs])),
-                 top1_per_seed=[float(r["final_acc_top1"]) for r in rs],
-                 iters=int(rs[0]["iters"]),
-                 train_time=float(sum(r.get("train_time", 0.0) for r in rs)))
-            for rs in runs]
+def truth_path(report_dir: str, key: str, aid: str, seed: int) -> str:
+    return os.path.join(report_dir, "truth", key, f"{aid}-s{seed}.json")
 
 
-# Seed-to-seed tau of the ground truth below which the study says it cannot conclude.
-NOISY_TRUTH_TAU = 0.5
+def train_subnet(s: StudySettings, data: dict, cfg, arch, seed: int, iters: int,
+                 opts: RunOptions, timing: Timing) -> dict:
+    """Train one architecture from scratch once (cached as committed JSON)."""
+    key = budget_key(s, data, cfg.to_dict(), iters)
+    aid = arch_id(arch)
+    path = truth_path(opts.report_dir, key, aid, seed)
+    cached = _read_json(path)
+    if cached is not None:
+        return cached
+    folder = os.path.join(opts.out, "truth", key)
+    name = f"{aid}-s{seed}"
+    cmd = [opts.python, os.path.join(REPO_ROOT, "retrain", "train_from_scratch.py"),
+           "--train_dir", data["train"], "--test_dir", data["val"],
+           "--model_id", " ".join(map(str, arch)), *s.space_flags(),
+           "--classes", str(data["classes"]), "--total_iters", str(iters),
+           "--batch_size", str(s.subnet_batch), "--learning_rate", str(s.subnet_lr),
+           "--seed", str(seed), "--workers", str(opts.workers), "--save", name,
+           "--report_freq", str(max(1, iters // 4)), "--eval-freq", str(iters),
+           "--device", opts.device, "--dropout", str(s.subnet_dropout), *s.augment_flags()]
+    sec = run_stage(f"subnet {name}", cmd, folder, os.path.join(folder, "logs", f"{name}.log"),
+                    opts)
+    timing.add(f"truth-{key}", sec)
+    with open(os.path.join(folder, f"eval-{name}", "result.json")) as f:
+        r = json.load(f)
+    if [int(v) for v in r["arch"]] != [int(v) for v in arch]:
+        raise UserError(f"{folder}/eval-{name} is for another architecture; remove it")
+    out = dict(arch=[int(v) for v in arch], seed=seed, iters=iters, batch=s.subnet_batch,
+               lr=s.subnet_lr, top1=float(r["final_acc_top1"]),
+               top5=float(r.get("final_acc_top5", float("nan"))),
+               train_seconds=round(float(r.get("train_time", sec)), 1),
+               wall_seconds=round(sec, 1), val_images=data["val_images"])
+    if not math.isfinite(out["top5"]):
+        out.pop("top5")
+    ckpt.write_json_atomic(out, path)
+    # The checkpoints are not needed again: the JSON above is the result.
+    for fname in ("checkpoint.pth.tar", "best.pth.tar"):
+        p = os.path.join(folder, f"eval-{name}", fname)
+        if os.path.exists(p):
+            os.remove(p)
+    opts.log(f"subnet {name} ({iters} iterations, seed {seed}): top-1 {out['top1']:.2f}% "
+             f"in {sec:.0f}s")
+    return out
 
 
-def noisy_truth_warning(reliability: dict | None) -> str | None:
-    """The report's warning when the ground truth disagrees with itself too much."""
-    if not reliability or reliability["tau"] is None or reliability["tau"] >= NOISY_TRUTH_TAU:
-        return None
-    return (f"the ground truth is noisy (two trainings of the same subnets agree only to tau "
-            f"{reliability['tau']:+.2f}, mean |difference| {reliability['mean_abs_diff']:.1f} "
-            f"points): no predictor can rank much better than that against it; a longer "
-            f"--subnet-epochs budget is needed for a conclusive study")
-
-
-def truth_reliability(truth_runs: list[dict], resamples: int, seed: int) -> dict | None:
-    """How well the ground truth ranks itself: tau/rho between two training seeds.
-
-    A predictor cannot be expected to agree with the truth better than two trainings of
-    the same subnets agree with each other; None with a single seed.
-    """
+def seed_agreement(per_seed: np.ndarray, resamples: int, seed: int) -> dict | None:
+    """tau/rho between the first two training seeds: the ceiling for any predictor."""
     from utils.ranking import bootstrap_indices, correlate
-    per_seed = np.array([r["top1_per_seed"] for r in truth_runs], dtype=np.float64)
-    if per_seed.shape[1] < 2:
+    if per_seed.shape[1] < 2 or per_seed.shape[0] < 3:
         return None
-    st = correlate(per_seed[:, 0], per_seed[:, 1], bootstrap_indices(len(per_seed), resamples,
-                                                                     seed))
+    st = correlate(per_seed[:, 0], per_seed[:, 1],
+                   bootstrap_indices(len(per_seed), resamples, seed))
     return dict(between="seed 0 vs seed 1 top-1", tau=st["tau"], tau_ci=st["tau_ci"],
                 rho=st["rho"], rho_ci=st["rho_ci"],
                 mean_abs_diff=float(np.abs(per_seed[:, 0] - per_seed[:, 1]).mean()))
 
 
-# ---- stage 4: scores -----------------------------------------------------------------
+def _fmt_tau(agreement: dict | None) -> str:
+    return "n/a" if not agreement or agreement["tau"] is None else f"{agreement['tau']:+.2f}"
 
-def bn_indicator_scores(snapshots: list[tuple[int, str]], archs: np.ndarray) -> list[dict]:
-    from utils.indicator import indicator_matrix, score
+
+def choose_budget(pilot: list[dict], target: float) -> tuple[int, str]:
+    """The cheapest pilot budget whose seed-to-seed tau reaches `target`, else the largest."""
+    ok = [p for p in pilot if p["agreement"] and p["agreement"]["tau"] is not None
+          and p["agreement"]["tau"] >= target]
+    if ok:
+        best = min(ok, key=lambda p: p["iters"])
+        return best["iters"], (f"the cheapest pilot budget whose seed-to-seed tau "
+                               f"({best['agreement']['tau']:+.2f}) reaches {target}")
+    best = max(pilot, key=lambda p: p["iters"])
+    return best["iters"], (f"no pilot budget reached seed-to-seed tau {target}: the largest "
+                           f"tried")
+
+
+# ---- stage 5: supernets ---------------------------------------------------------------
+
+def supernet_name(mode: str) -> str:
+    return "spos" if mode == "spos" else f"bn-{mode}"
+
+
+def supernet_key(s: StudySettings, data: dict, config: dict, mode: str) -> str:
+    snaps = s.spos_snapshots if mode == "spos" else s.bn_snapshots
+    lr = s.spos_lr if mode == "spos" else s.bn_lr
+    return _key(dict(data=data["id"], config=config, mode=mode, iters=_ints(snaps, "x")[-1],
+                     batch=s.supernet_batch, lr=lr, seed=s.seed, min_scale=s.min_scale,
+                     lighting=s.lighting))
+
+
+def supernet_folder(report_dir: str, name: str, key: str) -> str:
+    return os.path.join(report_dir, "supernets", f"{name}-{key}")
+
+
+def _snapshot_record(path: str, it: int) -> dict:
+    """What the study keeps of a snapshot: its indicator matrix (BN scores need nothing
+    else) and the training loss of the iterations before it."""
+    from utils.indicator import indicator_matrix
     from utils.spaces import get_space
     from utils.supernet_checkpoint import load_supernet
-    out = []
-    for epoch, path in snapshots:
-        sn = load_supernet(path)
-        m = indicator_matrix(get_space(sn.config), sn.state_dict)
-        out.append(dict(epoch=epoch, scores=[float(v) for v in score(m, archs)]))
-    return out
+    sn = load_supernet(path)
+    m = indicator_matrix(get_space(sn.config), sn.state_dict)
+    return dict(iter=it, indicator=[[float(v) for v in row] for row in m])
 
 
-def spos_scores(snapshots: list[tuple[int, str]], archs: np.ndarray, s: StudySettings,
-                data: dict, opts: RunOptions, timing: Timing, folder: str) -> list[dict]:
-    """SPOS accuracy of every architecture at every SPOS snapshot (cached per epoch)."""
-    import torch
-    from utils.spaces import get_space
-    from utils.spos_score import SposScorer
-    from utils.supernet_checkpoint import load_supernet
-    torch.set_num_threads(opts.threads)
+def supernet_curve(metrics_path: str) -> list[dict]:
+    """[(iteration, training loss, top-1)] of every report window of a supernet run."""
+    rows: dict[int, dict] = {}
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a kill
+                if "loss" in rec and "step" in rec:
+                    rows[int(rec["step"])] = dict(iter=int(rec["step"]),
+                                                  loss=float(rec["loss"]),
+                                                  top1=float(rec["top1"]))
+    return [rows[k] for k in sorted(rows)]
+
+
+def train_supernet(mode: str, s: StudySettings, data: dict, cfg, opts: RunOptions,
+                   timing: Timing, spos_scoring: "SposScoring | None" = None) -> dict:
+    """One supernet run with its snapshots; returns {name, key, snapshots, curve, ...}.
+
+    Each snapshot's JSON record is written as it is reached; with every record present
+    (and, for SPOS, every snapshot's scores), nothing is trained. `spos_scoring(path, it)`
+    runs on each SPOS snapshot while its checkpoint exists.
+    """
+    name = supernet_name(mode)
+    key = supernet_key(s, data, cfg.to_dict(), mode)
+    folder = supernet_folder(opts.report_dir, name, key)
+    snaps = _ints(s.spos_snapshots if mode == "spos" else s.bn_snapshots, "snapshots")
+    total = snaps[-1]
+    summary_path = os.path.join(folder, "supernet.json")
+    def recorded(it: int) -> bool:
+        return (os.path.exists(os.path.join(folder, f"iter_{it:06d}.json"))
+                and (spos_scoring is None or spos_scoring.has(it)))
+
+    summary = _read_json(summary_path)
+    if summary is not None and summary.get("snapshots") == snaps and all(map(recorded, snaps)):
+        return summary
+    lr = s.spos_lr if mode == "spos" else s.bn_lr
+    work = os.path.join(opts.out, "supernets", f"{name}-{key}")
+    live = os.path.join(work, "checkpoint.pth.tar")
+    cmd = [opts.python, os.path.join(REPO_ROOT, "supernet", "main.py"),
+           "--train_dir", data["train"], *s.space_flags(), "--classes", str(data["classes"]),
+           "--batch_size", str(s.supernet_batch), "--learning_rate", str(lr),
+           "--total_iters", str(total), "--seed", str(s.seed), "--workers", str(opts.workers),
+           "--report_freq", str(max(1, min(snaps[0], 250) // 2)), "--checkpoint", live,
+           "--device", opts.device, *s.augment_flags()]
+    cmd += ["--train-all"] if mode == "spos" else ABLATIONS[mode]
+    label = "SPOS (--train-all)" if mode == "spos" else f"BN-only ({mode})"
+    for it in snaps:
+        record_path = os.path.join(folder, f"iter_{it:06d}.json")
+        if recorded(it):
+            continue
+        done = int(ckpt.load(live)["iter"]) if os.path.exists(live) else 0
+        if done > it:
+            raise UserError(f"{live} is at iteration {done}, past the snapshot at {it} that "
+                            f"has no record: remove {work} to retrain this supernet")
+        if done < it:
+            opts.log(f"supernet {label}: iterations {done}..{it} of {total} ...")
+            sec = run_stage(f"supernet {label}", cmd + ["--stop-after", str(it - done)], work,
+                            os.path.join(work, "stage.log"), opts)
+            timing.add(f"supernet-{name}-{key}", sec)
+        if not os.path.exists(record_path):
+            rec = _snapshot_record(live, it)
+            ckpt.write_json_atomic(rec, record_path)
+        if spos_scoring is not None:
+            spos_scoring(live, it)
+    from utils.engine import metrics_path_for
+    summary = dict(name=name, mode=mode, key=key, snapshots=snaps, lr=lr,
+                   batch=s.supernet_batch, flags=cmd[cmd.index("--device") + 2:],
+                   curve=supernet_curve(metrics_path_for(live)),
+                   seconds=round(timing.data.get(f"supernet-{name}-{key}", 0.0), 1))
+    ckpt.write_json_atomic(summary, summary_path)
+    return summary
+
+
+def final_loss(curve: list[dict], window: int = 4) -> float | None:
+    """Mean training loss of the last `window` report windows (None before any)."""
+    if not curve:
+        return None
+    return float(np.mean([r["loss"] for r in curve[-window:]]))
+
+
+# ---- stage 6: predictors --------------------------------------------------------------
+
+def bn_scores(report_dir: str, summary: dict, archs: np.ndarray) -> list[dict]:
+    from utils.indicator import score
+    folder = supernet_folder(report_dir, summary["name"], summary["key"])
     out = []
-    for epoch, path in snapshots:
-        cache = os.path.join(folder, f"epoch_{epoch:03d}.json")
-        if os.path.exists(cache):
-            with open(cache) as f:
-                cached = json.load(f)
-            if cached.get("archs") == archs.tolist():
-                out.append(dict(epoch=epoch, scores=cached["scores"]))
-                continue
+    for it in summary["snapshots"]:
+        rec = _read_json(os.path.join(folder, f"iter_{it:06d}.json"))
+        m = np.array(rec["indicator"], dtype=np.float64)
         t0 = time.perf_counter()
-        sn = load_supernet(path)
-        scorer = SposScorer(get_space(sn.config), sn.state_dict, data["train"], data["val"],
-                            bn_batches=s.spos_bn_batches, batch_size=s.spos_batch,
-                            val_images=s.spos_val_images, device=opts.device, seed=s.seed,
-                            workers=0, input_format=sn.input_format,
-                            log=lambda m: None)
-        scores = [float(v) for v in scorer(archs)]
-        sec = time.perf_counter() - t0
-        timing.add(os.path.basename(folder), sec)
-        os.makedirs(os.path.dirname(cache), exist_ok=True)
-        ckpt.write_json_atomic(dict(epoch=epoch, archs=archs.tolist(), scores=scores,
-                                    seconds=sec, bn_images=scorer.bn_batches * s.spos_batch,
-                                    val_images=scorer.val_images), cache)
-        opts.log(f"SPOS scoring of the epoch-{epoch} supernet: {len(scores)} subnets in "
-                 f"{sec:.0f}s")
-        out.append(dict(epoch=epoch, scores=scores))
+        values = score(m, archs)
+        sec = (time.perf_counter() - t0) / len(archs)
+        out.append(dict(iter=it, scores=[float(v) for v in values], seconds_per_candidate=sec))
     return out
 
 
-# ---- stage 5: statistics and report -----------------------------------------------
+class SposScoring:
+    """SPOS accuracy of every architecture on the held-out split, per SPOS snapshot,
+    cached as `<folder>/iter_<n>.json`."""
+
+    def __init__(self, s: StudySettings, data: dict, archs: np.ndarray, opts: RunOptions,
+                 timing: Timing, folder: str):
+        self.s, self.data, self.archs, self.opts, self.timing = s, data, archs, opts, timing
+        self.folder = folder
+
+    def path(self, it: int) -> str:
+        return os.path.join(self.folder, f"iter_{it:06d}.json")
+
+    def has(self, it: int) -> bool:
+        old = _read_json(self.path(it))
+        return old is not None and old.get("archs") == self.archs.tolist()
+
+    def __call__(self, checkpoint: str, it: int) -> None:
+        if self.has(it):
+            return
+        import torch
+        from utils.spaces import get_space
+        from utils.spos_score import SposScorer
+        from utils.supernet_checkpoint import load_supernet
+        s, opts = self.s, self.opts
+        torch.set_num_threads(opts.threads)
+        t0 = time.perf_counter()
+        sn = load_supernet(checkpoint)
+        scorer = SposScorer(get_space(sn.config), sn.state_dict, self.data["train"],
+                            self.data["holdout"], bn_batches=s.spos_bn_batches,
+                            batch_size=s.spos_batch, val_images=s.spos_val_images,
+                            device=opts.device, seed=s.seed, workers=0,
+                            input_format=sn.input_format, log=lambda m: None)
+        scores = [float(v) for v in scorer(self.archs)]
+        sec = time.perf_counter() - t0
+        self.timing.add("spos-scoring", sec)
+        ckpt.write_json_atomic(dict(iter=it, archs=self.archs.tolist(), scores=scores,
+                                    seconds=round(sec, 2),
+                                    seconds_per_candidate=sec / len(self.archs),
+                                    bn_images=scorer.bn_batches * s.spos_batch,
+                                    val_images=scorer.val_images, on="held-out split"),
+                               self.path(it))
+        opts.log(f"SPOS scoring at iteration {it}: {len(scores)} subnets in {sec:.0f}s")
+
+
+def proxy_scores(s: StudySettings, data: dict, cfg, archs: np.ndarray,
+                 opts: RunOptions) -> dict:
+    """Zero-cost proxies of every architecture at a seeded init on one fixed batch."""
+    path = os.path.join(opts.report_dir, "proxies.json")
+    want = dict(archs=archs.tolist(), batch=s.proxy_batch, seed=s.seed, data=data["id"])
+    old = _read_json(path)
+    if old is not None and old.get("request") == want:
+        return old
+    import torch
+    from utils.data import SeededImageFolder, prepare_batch, scan_image_folder
+    from utils.spaces import get_space
+    from utils.zero_cost import PROXIES
+    torch.set_num_threads(opts.threads)
+    index = scan_image_folder(data["train"], "train split")
+    rng = np.random.default_rng([s.seed, 7])
+    pick = rng.choice(len(index.samples), size=min(s.proxy_batch, len(index.samples)),
+                      replace=False)
+    ds = SeededImageFolder([index.samples[i] for i in pick], cfg.input_size, train=False)
+    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    labels = torch.tensor([ds[i][1] for i in range(len(ds))])
+    x, y = prepare_batch((images, labels), torch.device("cpu"))
+    space = get_space(cfg)
+    scores = {name: [] for name in PROXIES}
+    seconds = {name: 0.0 for name in PROXIES}
+    for arch in archs:
+        torch.manual_seed(s.seed)
+        net = space.subnet(tuple(int(v) for v in arch), dropout=0.0)
+        for name, fn in PROXIES.items():
+            t0 = time.perf_counter()
+            scores[name].append(float(fn(net, x, y)))
+            seconds[name] += time.perf_counter() - t0
+    out = dict(request=want, scores=scores,
+               seconds_per_candidate={k: v / len(archs) for k, v in seconds.items()})
+    ckpt.write_json_atomic(out, path)
+    return out
+
+
+# ---- stage 7: statistics, conclusion, report --------------------------------------------
 
 def rank_statistics(truth: np.ndarray, predictors: dict[str, dict], resamples: int,
                     seed: int, level: float = 0.95) -> dict[str, dict]:
@@ -525,7 +690,7 @@ def rank_statistics(truth: np.ndarray, predictors: dict[str, dict], resamples: i
     out = {}
     for name, p in predictors.items():
         st = stats[name]
-        entry = dict(p, tau=st["tau"], tau_ci=st["tau_ci"], rho=st["rho"], rho_ci=st["rho_ci"],
+        entry = dict(tau=st["tau"], tau_ci=st["tau_ci"], rho=st["rho"], rho_ci=st["rho_ci"],
                      resamples_used=st["resamples_used"])
         if base is not None and name != "flops":
             entry["tau_minus_flops"] = paired_difference(st["tau_boot"], base["tau_boot"],
@@ -534,111 +699,241 @@ def rank_statistics(truth: np.ndarray, predictors: dict[str, dict], resamples: i
     return out
 
 
+# The rule, fixed before the run (docs/ranking_study.md quotes it):
+RULE = ("Preconditions: the ground truth's seed-to-seed Kendall tau is at least the target "
+        "(0.6), and every supernet used for scoring ends with a training loss at least 0.3 "
+        "below ln(classes). The BN indicator (the original trainable set, last snapshot) "
+        "'works' in a stratum if the lower bound of its 95% tau interval is above 0 and its "
+        "tau is at least that of FLOPs and of params; it 'does not beat the simple "
+        "baselines' if the upper bound of its interval is below the larger of the FLOPs "
+        "and params taus; otherwise the question stays open in that stratum.")
+
+
+def conclude(stratum_stats: dict, bn_name: str, preconditions: list[str]) -> dict:
+    """The verdict in one stratum by RULE."""
+    bn = stratum_stats.get(bn_name)
+    flops, params = stratum_stats["flops"]["tau"], stratum_stats["params"]["tau"]
+    base = max(v for v in (flops, params) if v is not None) if (
+        flops is not None or params is not None) else None
+    if bn is None or bn["tau"] is None or base is None:
+        return dict(verdict="open", why="not enough data for the indicator or the baselines")
+    lo, hi = bn["tau_ci"]
+    if lo is not None and lo > 0 and bn["tau"] >= base:
+        verdict, why = "works", (f"tau {bn['tau']:+.2f}, interval [{lo:+.2f}, {hi:+.2f}] above "
+                                 f"0 and at least FLOPs ({flops:+.2f}) and params "
+                                 f"({params:+.2f})")
+    elif hi is not None and hi < base:
+        verdict, why = "does not beat the simple baselines", (
+            f"interval [{lo:+.2f}, {hi:+.2f}] below the better baseline's tau {base:+.2f}")
+    else:
+        verdict, why = "open", (f"tau {bn['tau']:+.2f} [{lo:+.2f}, {hi:+.2f}] vs FLOPs "
+                                f"{flops:+.2f} and params {params:+.2f}: neither condition holds")
+    if preconditions:
+        why += "; but the study is not conclusive: " + "; ".join(preconditions)
+        verdict = f"{verdict} (inconclusive)"
+    return dict(verdict=verdict, why=why)
+
+
 def run_study(s: StudySettings, opts: RunOptions) -> dict:
     """Run (or resume) every stage and write ranking.json + plots; returns the report."""
     from utils.spaces import make_config, parse_skips
     s.check()
     t_start = time.perf_counter()
+    _STOP.clear()
     opts.out = os.path.abspath(opts.out)
     opts.report_dir = os.path.abspath(opts.report_dir)
     os.makedirs(opts.out, exist_ok=True)
-    timing = Timing(os.path.join(opts.out, "timing.json"))
+    os.makedirs(opts.report_dir, exist_ok=True)
+    timing = Timing(os.path.join(opts.report_dir, "timing.json"))
     log = opts.log
 
     data = prepare_data(s, opts, timing)
-    log(f"data: {data['root']} ({data['source']}): {data['train_images']} training, "
-        f"{data['val_images']} validation images, {data['classes']} classes")
+    log(f"data: {data['root']} ({data['source']}): train split {data['train_images']}, "
+        f"held-out {data['holdout_images']}, test {data['val_images']} images, "
+        f"{data['classes']} classes")
     cfg = make_config(s.space, fixed_skips=parse_skips(s.fixed_skips), input_size=s.input_size,
                       width_mult=s.width_mult, classes=data["classes"],
                       stem_stride=s.stem_stride)
     log(f"space: {cfg.describe()}")
-    keys = stage_keys(s, data["id"], cfg.to_dict())
-
-    sub_folder = os.path.join(opts.out, keys["subnets"])
-    _mark(sub_folder, dict(data=data["id"], space_flags=s.space_flags(), seed=s.seed,
-                           n=s.subnets, epochs=s.subnet_epochs, batch=s.subnet_batch,
-                           lr=s.subnet_lr, flops_limit=s.flops_limit,
-                           dropout=s.subnet_dropout, min_scale=s.min_scale,
-                           lighting=s.lighting))
-    archs = sample_archs(s, cfg, sub_folder)
-    log(f"{len(archs['archs'])} architectures from {min(archs['flops']) / 1e6:.2f}M to "
-        f"{max(archs['flops']) / 1e6:.2f}M FLOPs (limit {archs['flops_limit'] / 1e6:.2f}M)")
-    # Sampled first (cheap, may fail on a bad limit), trained after the supernets.
-    bn_snaps = train_supernet("bn", s, data, opts, timing, keys["supernet_bn"])
-    spos_snaps = train_supernet("spos", s, data, opts, timing, keys["supernet_spos"])
-    truth_runs = train_subnets(s, data, archs, opts, timing, sub_folder)
-    truth = np.array([r["top1"] for r in truth_runs])
+    archs = sample_archs(s, cfg, opts.report_dir)
     a = np.array(archs["archs"], dtype=np.int64)
+    n = len(a)
+    log(f"{n} architectures from {min(archs['flops']) / 1e6:.2f}M to "
+        f"{max(archs['flops']) / 1e6:.2f}M FLOPs (limit {archs['flops_limit'] / 1e6:.2f}M; "
+        f"{archs['stratum'].count('under_limit')} under it); pilot: {len(archs['pilot'])}")
+    seeds = [s.seed + r for r in range(s.truth_seeds)]
+    budgets = _ints(s.pilot_budgets, "pilot-budgets")
+    modes = ["indicator", *[m for m in s.ablation_list() if m != "indicator"]]
+    spos_folder = os.path.join(opts.report_dir, "spos_scores",
+                               supernet_key(s, data, cfg.to_dict(), "spos"))
+    spos_scoring = SposScoring(s, data, a, opts, timing, spos_folder)
+
+    pool = ThreadPoolExecutor(max_workers=max(1, opts.parallel))
+    futures = []
+
+    def submit(fn, *args):
+        f = pool.submit(fn, *args)
+        futures.append(f)
+        return f
+
+    try:
+        # Priority by submission order: the pilot decides the budget, so it goes first.
+        pilot_jobs = {(b, k, sd): submit(train_subnet, s, data, cfg, archs["archs"][k], sd, b,
+                                          opts, timing)
+                      for b in ([s.subnet_iters] if s.subnet_iters else budgets)
+                      for sd in seeds for k in archs["pilot"]}
+        sup_jobs = {"indicator": submit(train_supernet, "indicator", s, data, cfg, opts,
+                                        timing),
+                    "spos": submit(train_supernet, "spos", s, data, cfg, opts, timing,
+                                   spos_scoring)}
+        pilot = []
+        for b in ([s.subnet_iters] if s.subnet_iters else budgets):
+            per_seed = np.array([[pilot_jobs[(b, k, sd)].result()["top1"] for sd in seeds]
+                                 for k in archs["pilot"]])
+            cost = sum(pilot_jobs[(b, k, sd)].result()["train_seconds"]
+                       for k in archs["pilot"] for sd in seeds)
+            pilot.append(dict(iters=b, images=b * s.subnet_batch,
+                              agreement=seed_agreement(per_seed, opts.bootstrap, s.seed),
+                              mean_top1=float(per_seed.mean()),
+                              seconds_per_training=cost / per_seed.size,
+                              subnets=len(archs["pilot"])))
+            log(f"pilot at {b} iterations: seed-to-seed tau "
+                f"{_fmt_tau(pilot[-1]['agreement'])}, mean top-1 "
+                f"{per_seed.mean():.2f}%, {pilot[-1]['seconds_per_training']:.0f}s a training")
+        if s.subnet_iters:
+            iters, why = s.subnet_iters, "--subnet-iters"
+        else:
+            iters, why = choose_budget(pilot, s.tau_target)
+        log(f"ground-truth budget: {iters} iterations ({why})")
+        truth_jobs = {(k, sd): submit(train_subnet, s, data, cfg, archs["archs"][k], sd,
+                                      iters, opts, timing)
+                      for sd in seeds for k in range(n)}
+        for m in modes[1:]:
+            sup_jobs[m] = submit(train_supernet, m, s, data, cfg, opts, timing)
+        for f in futures:
+            f.result()
+    except BaseException as e:
+        if not isinstance(e, StudyStopped):
+            stop_all()
+        pool.shutdown(wait=True, cancel_futures=True)
+        if isinstance(e, StudyStopped):
+            raise KeyboardInterrupt from None
+        raise
+    pool.shutdown(wait=True)
+
+    per_seed = np.array([[truth_jobs[(k, sd)].result()["top1"] for sd in seeds]
+                         for k in range(n)])
+    truth = per_seed.mean(axis=1)
+    truth_seconds = float(np.mean([truth_jobs[(k, sd)].result()["train_seconds"]
+                                   for k in range(n) for sd in seeds]))
+    supernets = {m: f.result() for m, f in sup_jobs.items()}
 
     predictors: dict[str, dict] = {}
-    bn = bn_indicator_scores(bn_snaps, a)
-    for e in bn:
-        predictors[f"bn_indicator@{e['epoch']}"] = dict(
-            family="bn_indicator", supernet="bn", epoch=e["epoch"], scores=e["scores"])
-    # The indicator read off the SPOS supernet: BN-NAS argues it needs BN-only training.
-    spos_bn = bn_indicator_scores(spos_snaps[-1:], a)[0]
-    predictors[f"bn_indicator_spos_supernet@{spos_bn['epoch']}"] = dict(
-        family="bn_indicator_spos_supernet", supernet="spos", epoch=spos_bn["epoch"],
-        scores=spos_bn["scores"])
-    score_folder = os.path.join(opts.out, keys["spos_scores"])
-    _mark(score_folder, dict(supernet=keys["supernet_spos"], subnets=keys["subnets"],
-                             bn_batches=s.spos_bn_batches, batch=s.spos_batch,
-                             val_images=s.spos_val_images))
-    for e in spos_scores(spos_snaps, a, s, data, opts, timing, score_folder):
-        predictors[f"spos_accuracy@{e['epoch']}"] = dict(
-            family="spos_accuracy", supernet="spos", epoch=e["epoch"], scores=e["scores"])
-    predictors["flops"] = dict(family="flops", scores=[float(v) for v in archs["flops"]])
-    predictors["params"] = dict(family="params", scores=[float(v) for v in archs["params"]])
+    for m in modes:
+        for e in bn_scores(opts.report_dir, supernets[m], a):
+            predictors[f"bn_indicator[{m}]@{e['iter']}"] = dict(
+                family=f"bn_indicator[{m}]", iter=e["iter"], scores=e["scores"],
+                seconds_per_candidate=e["seconds_per_candidate"])
+    spos_bn = bn_scores(opts.report_dir, supernets["spos"], a)[-1]
+    predictors[f"bn_indicator[spos supernet]@{spos_bn['iter']}"] = dict(
+        family="bn_indicator[spos supernet]", iter=spos_bn["iter"], scores=spos_bn["scores"],
+        seconds_per_candidate=spos_bn["seconds_per_candidate"])
+    for it in supernets["spos"]["snapshots"]:
+        rec = _read_json(os.path.join(spos_folder, f"iter_{it:06d}.json"))
+        predictors[f"spos_accuracy@{it}"] = dict(
+            family="spos_accuracy", iter=it, scores=rec["scores"],
+            seconds_per_candidate=rec["seconds_per_candidate"])
+    proxies = proxy_scores(s, data, cfg, a, opts)
+    for name, values in proxies["scores"].items():
+        predictors[name] = dict(family=name, scores=values,
+                                seconds_per_candidate=proxies["seconds_per_candidate"][name])
+    from utils.flops import load_table
+    table = load_table(cfg)
+    t0 = time.perf_counter()
+    table.flops_of(a)
+    lookup = (time.perf_counter() - t0) / n
+    predictors["flops"] = dict(family="flops", scores=[float(v) for v in archs["flops"]],
+                               seconds_per_candidate=lookup)
+    predictors["params"] = dict(family="params", scores=[float(v) for v in archs["params"]],
+                                seconds_per_candidate=lookup)
     rng = np.random.default_rng(s.seed + 12345)
-    predictors["random"] = dict(family="random", scores=[float(v) for v in rng.random(len(a))])
+    predictors["random"] = dict(family="random", scores=[float(v) for v in rng.random(n)],
+                                seconds_per_candidate=0.0)
 
-    stats = rank_statistics(truth, predictors, opts.bootstrap, s.seed)
-    curves = {fam: [dict(epoch=p["epoch"], tau=p["tau"], tau_ci=p["tau_ci"], rho=p["rho"],
-                         rho_ci=p["rho_ci"])
-                    for p in stats.values() if p["family"] == fam]
-              for fam in ("bn_indicator", "spos_accuracy")}
-    subnets = [dict(id=subnet_name(k), arch=list(map(int, arch)),
-                    arch_str=" ".join(map(str, arch)), flops=archs["flops"][k],
-                    params=archs["params"][k], **truth_runs[k])
-               for k, arch in enumerate(archs["archs"])]
-    # Time spent on this study's results (data + its stage folders, over all resumes).
-    stage_seconds = {k: round(timing.data[k], 1) for k in ["data", *keys.values()]
-                     if k in timing.data}
-    n = len(truth)
-    reliability = truth_reliability(truth_runs, opts.bootstrap, s.seed)
+    strata_idx = {"all": np.arange(n),
+                  "under_limit": np.array([k for k in range(n)
+                                           if archs["stratum"][k] == "under_limit"])}
+    stats = {}
+    for st_name, idx in strata_idx.items():
+        if len(idx) < 3:
+            continue
+        sub = {k: dict(v, scores=[v["scores"][i] for i in idx]) for k, v in predictors.items()}
+        stats[st_name] = dict(
+            subnets=len(idx),
+            ground_truth_agreement=seed_agreement(per_seed[idx], opts.bootstrap, s.seed),
+            predictors=rank_statistics(truth[idx], sub, opts.bootstrap, s.seed),
+            null_tau_sd=math.sqrt(2 * (2 * len(idx) + 5) / (9 * len(idx) * (len(idx) - 1))))
+
+    chance = math.log(data["classes"])
+    losses = {m: final_loss(sv["curve"]) for m, sv in supernets.items()}
+    pre = []
+    ag = stats["all"]["ground_truth_agreement"]
+    if ag is None or ag["tau"] is None or ag["tau"] < s.tau_target:
+        pre.append(f"the ground truth's seed-to-seed tau is {_fmt_tau(ag)} (< {s.tau_target})")
+    for m, loss in losses.items():
+        if loss is None or loss > chance - 0.3:
+            pre.append(f"supernet {supernet_name(m)} ended at training loss "
+                       f"{'n/a' if loss is None else format(loss, '.3f')} "
+                       f"(> ln({data['classes']}) - 0.3 = {chance - 0.3:.3f})")
+    bn_final = f"bn_indicator[indicator]@{supernets['indicator']['snapshots'][-1]}"
+    conclusion = dict(rule=RULE, predictor=bn_final, preconditions_failed=pre,
+                      strata={k: conclude(v["predictors"], bn_final, pre)
+                              for k, v in stats.items()})
+
+    curves = {}
+    for st_name, st in stats.items():
+        curves[st_name] = {
+            fam: [dict(iter=p["iter"], **{k: st["predictors"][name][k]
+                                          for k in ("tau", "tau_ci", "rho", "rho_ci")})
+                  for name, p in predictors.items() if p["family"] == fam]
+            for fam in sorted({p["family"] for p in predictors.values() if "iter" in p})}
+    subnets = [dict(id=archs["ids"][k], arch=archs["archs"][k],
+                    arch_str=" ".join(map(str, archs["archs"][k])), flops=archs["flops"][k],
+                    params=archs["params"][k], stratum=archs["stratum"][k],
+                    pilot=k in archs["pilot"], top1=float(truth[k]),
+                    top1_per_seed=[float(v) for v in per_seed[k]])
+               for k in range(n)]
     report = dict(
         version=VERSION, settings=dataclasses.asdict(s), config=cfg.to_dict(),
         config_text=cfg.describe(), flops_limit=archs["flops_limit"],
         flops_limit_rule=archs["flops_limit_rule"],
-        data={k: data[k] for k in ("source", "train_images", "val_images", "classes")},
-        ground_truth=dict(metric="final validation top-1 (%) after training from scratch, "
-                                 "mean over the training seeds",
-                          seeds=[s.seed + r for r in range(s.truth_seeds)],
-                          reliability=reliability,
-                          warning=noisy_truth_warning(reliability),
-                          epochs=s.subnet_epochs, batch=s.subnet_batch, lr=s.subnet_lr,
+        data={k: data[k] for k in ("source", "train_images", "holdout_images", "val_images",
+                                   "classes")},
+        pilot=dict(budgets=pilot, chosen_iters=iters, why=why, target=s.tau_target),
+        ground_truth=dict(metric="test-set top-1 (%) after training from scratch on the "
+                                 "train split, mean over the training seeds",
+                          seeds=seeds, iters=iters, batch=s.subnet_batch, lr=s.subnet_lr,
                           dropout=s.subnet_dropout, min_scale=s.min_scale,
-                          lighting=s.lighting,
-                          iterations=truth_runs[0]["iters"], val_images=data["val_images"],
+                          lighting=s.lighting, seconds_per_training=truth_seconds,
+                          agreement=stats["all"]["ground_truth_agreement"],
                           min=float(truth.min()), max=float(truth.max()),
                           mean=float(truth.mean()), std=float(truth.std())),
+        supernets={supernet_name(m): dict(mode=m, snapshots=sv["snapshots"], lr=sv["lr"],
+                                          batch=sv["batch"], final_loss=losses[m],
+                                          chance_loss=chance, curve=sv["curve"],
+                                          seconds=sv["seconds"])
+                   for m, sv in supernets.items()},
         bootstrap=dict(resamples=opts.bootstrap, level=0.95, seed=s.seed,
                        method="percentile; subnets resampled with replacement; the same "
                               "resamples for every predictor"),
-        # Spread of tau for a score unrelated to the truth (no ties): a yardstick for "random".
-        null_tau_sd=math.sqrt(2 * (2 * n + 5) / (9 * n * (n - 1))),
         subnets=subnets,
-        predictors={k: {kk: vv for kk, vv in v.items()} for k, v in stats.items()},
-        curves=curves,
-        # How far each supernet got (chance: loss ln(classes), top-1 100/classes).
-        supernet_training={mode: supernet_curve(os.path.join(opts.out, keys[f"supernet_{mode}"]))
-                           for mode in ("bn", "spos")},
-        folders=keys,
-        timing=dict(stage_seconds=stage_seconds,
-                    stage_total_seconds=round(sum(stage_seconds.values()), 1),
-                    this_invocation_seconds=None, threads=opts.threads),
+        predictor_scores={k: v for k, v in predictors.items()},
+        strata=stats, curves=curves, conclusion=conclusion,
+        timing=dict(stage_seconds={k: round(v, 1) for k, v in timing.data.items()},
+                    total_seconds=round(sum(timing.data.values()), 1),
+                    this_invocation_seconds=None, parallel=opts.parallel,
+                    threads=opts.threads),
     )
-    os.makedirs(opts.report_dir, exist_ok=True)
     from utils.plots import plot_ranking
     report["plots"] = [os.path.basename(p) for p in plot_ranking(report, opts.report_dir)]
     report["timing"]["this_invocation_seconds"] = round(time.perf_counter() - t_start, 1)
@@ -646,17 +941,20 @@ def run_study(s: StudySettings, opts: RunOptions) -> dict:
     return report
 
 
-def summary_lines(report: dict) -> list[str]:
-    """One line per predictor: tau [CI], rho [CI]; best first within the table's order."""
+def summary_lines(report: dict, stratum: str = "all") -> list[str]:
+    """One line per predictor of a stratum: tau [CI], rho [CI], seconds per candidate."""
     def f(v):
         return "  n/a" if v is None else f"{v:+.3f}"
 
     def ci(c):
         return "[  n/a,   n/a]" if c[0] is None else f"[{c[0]:+.2f}, {c[1]:+.2f}]"
 
-    lines = [f"{'predictor':<34} {'Kendall tau':>8} {'95% CI':>14}  {'Spearman rho':>8} "
-             f"{'95% CI':>14}"]
-    for name, p in report["predictors"].items():
-        lines.append(f"{name:<34} {f(p['tau']):>11} {ci(p['tau_ci']):>14}  {f(p['rho']):>12} "
-                     f"{ci(p['rho_ci']):>14}")
+    st = report["strata"][stratum]
+    lines = [f"stratum {stratum} ({st['subnets']} subnets)",
+             f"{'predictor':<40} {'tau':>7} {'95% CI':>14}  {'rho':>7} {'95% CI':>14}  "
+             f"{'s/candidate':>11}"]
+    for name, p in st["predictors"].items():
+        sec = report["predictor_scores"][name].get("seconds_per_candidate")
+        lines.append(f"{name:<40} {f(p['tau']):>7} {ci(p['tau_ci']):>14}  {f(p['rho']):>7} "
+                     f"{ci(p['rho_ci']):>14}  {'' if sec is None else f'{sec:.2e}':>11}")
     return lines

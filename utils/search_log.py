@@ -1,11 +1,14 @@
 """The search log: where search/ea.py writes, and what eval.py and retrain read.
 
 A log folder holds `ea_results.pth.tar` (the reference's keys memory, candidates,
-vis_dict, keep_top_k, epoch - vis_dict keyed by arch tuples, each entry with "err"
-(lower is better, as the reference) plus "score", "flops", "params", "generation" - and
-kind="search", config, the exact optimum, the resume state) and its JSON twin
-`ea_results.json`. A reference log (only the .pth.tar, tuple keys, "err" or "acc"
-values, possibly numpy scalars) is read too.
+vis_dict, keep_top_k, epoch - memory one list per generation of the population it started
+from, as the reference; vis_dict keyed by arch tuples, each entry with "err" (lower is
+better, as the reference) plus "score", "flops", "params", "generation" - and
+kind="search", config, the exact optimum, the resume state with keep_top_history, the
+top select_num after each generation) and its JSON twin `ea_results.json`. A reference
+log (only the .pth.tar, tuple keys, possibly numpy scalars) is read too: BN-NAS's "err"
+is minus the BN score; SPOS's "err" is a (top-1, top-5) error tuple or list, read as
+top-1 accuracy % (the score) and top-5 accuracy % ("top5").
 
     log = load_log("search/log")
     for c in ranked(log)[:10]: print(c["arch"], c["score"], c["flops"])
@@ -102,6 +105,17 @@ def _score_of(info: dict) -> float | None:
     return None
 
 
+def _spos_err(info: dict) -> tuple[float, float | None] | None:
+    """(top-1, top-5) error of an original SPOS vis_dict entry, whose "err" is the tuple
+    (or list) its tester returns; None for any other entry."""
+    err = info.get("err")
+    if not isinstance(err, (tuple, list)) or not err:
+        return None
+    top1 = _num(err[0])
+    top5 = _num(err[1]) if len(err) > 1 else None
+    return None if top1 is None else (top1, top5)
+
+
 def _from_pth(obj: dict, path: str) -> dict:
     ours = obj.get("kind") == "search"
     if not ours and "vis_dict" not in obj:
@@ -119,11 +133,18 @@ def _from_pth(obj: dict, path: str) -> dict:
     for g, pop in enumerate(obj.get("memory") or []):
         for a in pop:
             first_gen.setdefault(tuple(int(x) for x in a), g)
+    vis = {a: v for a, v in (obj.get("vis_dict") or {}).items() if isinstance(v, dict)}
+    spos = {a: e for a, v in vis.items() if (e := _spos_err(v)) is not None}
+    # SPOS's tester returns errors as fractions (1 - acc / 100); percents are also taken.
+    pct = 100.0 if spos and max(e[0] for e in spos.values()) <= 1.0 else 1.0
     cands = []
-    for arch, info in (obj.get("vis_dict") or {}).items():
-        if not isinstance(info, dict):
-            continue
-        score = _score_of(info)
+    for arch, info in vis.items():
+        is_spos, top5 = arch in spos, None
+        if is_spos:
+            score = 100.0 - pct * spos[arch][0]
+            top5 = None if spos[arch][1] is None else 100.0 - pct * spos[arch][1]
+        else:
+            score = _score_of(info)
         if score is None:
             continue  # the reference also kept rejected/unscored proposals
         arch = tuple(int(a) for a in (arch if not isinstance(arch, str) else arch.split()))
@@ -136,10 +157,15 @@ def _from_pth(obj: dict, path: str) -> dict:
         else:
             flops, params = info.get("flops"), info.get("params")
         cands.append(dict(arch=list(arch), score=score, flops=flops, params=params,
-                          generation=info.get("generation", first_gen.get(arch))))
+                          generation=info.get("generation", first_gen.get(arch)),
+                          **(dict(top5=top5) if is_spos else {})))
     exact = obj.get("exact") if ours else None
+    kind = "accuracy" if spos and not ours else "unknown"
+    extra = {} if kind != "accuracy" else dict(
+        score_note="top-1 %, " + ("100 x (1 - the SPOS log's top-1 error)" if pct == 100.0
+                                  else "100 - the SPOS log's top-1 error %"))
     return dict(source="pth" if ours else "reference", path=path, config=cfg.to_dict(),
-                score_kind=obj.get("score_kind", "indicator" if ours else "unknown"),
+                score_kind=obj.get("score_kind", "indicator" if ours else kind), **extra,
                 method=obj.get("method", "ea"), flops_limit=obj.get("flops_limit"),
                 candidates=cands, exact=exact, finished=obj.get("finished", True))
 

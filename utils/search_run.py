@@ -1,7 +1,8 @@
 """What `search/ea.py` does: load a supernet, run the EA and/or the exact search, log it.
 
 Flow: read the supernet (ours or the reference's), build the FLOPs table and the BN
-indicator matrix of its config, pick the FLOPs limit, then
+indicator matrix of its config, pick the FLOPs limit (--flops-limit / --params-limit read by
+`utils.search_limits.parse_limit`: millions, or raw counts as the reference takes them), then
 * EA (`--method ea|both`): resumable per generation - the log is rewritten atomically
   after every generation with the complete EA state (generator included), so rerunning
   the same command continues where it stopped and ends exactly where an uninterrupted
@@ -23,18 +24,20 @@ import torch
 
 from utils import indicator
 from utils.cli import UserError
-from utils.evolution import ChoiceSampler, EASettings, Evolution
+from utils.evolution import ChoiceSampler, EASettings, Evolution, upgrade_state
 from utils.exact_search import solve
 from utils.flops import load_table
-from utils.search_limits import cost_range, default_flops_limit
+from utils.search_limits import cost_range, default_flops_limit, parse_limit
 from utils.search_log import (LOG_PTH, candidate_list, load_log, load_pth, rank_key,
                               ranked, write_log)
 from utils.spaces import get_space
 from utils.supernet_checkpoint import load_supernet
 
-LOG_VERSION = 1
-EA_STATE_KEYS = ("memory", "candidates", "vis_dict", "keep_top_k", "epoch", "initialised",
-                 "populations", "stats", "score_seconds", "rng_state")
+# Version 2: `memory` is the reference's per-generation population; the top-k history
+# that version 1 kept there is `keep_top_history` (utils.evolution.upgrade_state).
+LOG_VERSION = 2
+EA_STATE_KEYS = ("memory", "keep_top_history", "candidates", "vis_dict", "keep_top_k", "epoch",
+                 "initialised", "populations", "stats", "score_seconds", "rng_state")
 PENDING_SAVE_SECONDS = 60.0  # accuracy scoring: save finished scores this often
 
 
@@ -63,12 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--crossover-num", "--crossover_num", dest="crossover_num", type=int,
                    default=25)
     g.add_argument("--mutation-num", "--mutation_num", dest="mutation_num", type=int, default=25)
-    g.add_argument("--flops-limit", "--flops_limit", dest="flops_limit", type=float, default=None,
-                   help="in MFLOPs (multiply-adds); default 475 for mobilenet / 330 for "
+    # Parsed by utils.search_limits.parse_limit after argparse, so a bad value is one line.
+    g.add_argument("--flops-limit", "--flops_limit", dest="flops_limit", default=None,
+                   help="MFLOPs (multiply-adds, in millions): 475 and 475M mean 475M; a plain "
+                        "number >= 1e5 is a raw count as the reference takes it (475e6, "
+                        "475000000 also mean 475M); default 475 for mobilenet / 330 for "
                         "shufflenet at the ImageNet setting, else the same relative position "
                         "between the config's cheapest and costliest architecture")
-    g.add_argument("--params-limit", "--params_limit", dest="params_limit", type=float,
-                   default=None, help="in M parameters (both methods)")
+    g.add_argument("--params-limit", "--params_limit", dest="params_limit", default=None,
+                   help="M parameters (both methods): 5.2 and 5.2M mean 5.2M; a plain number "
+                        ">= 1e5 is a raw count (5.2e6)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--topk", type=int, default=10, help="how many to print")
     g.add_argument("--method", choices=["ea", "exact", "both"], default="both",
@@ -106,10 +113,6 @@ def _check_args(args: argparse.Namespace) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
     if not 0.0 <= args.m_prob <= 1.0:
         raise UserError(f"--m_prob must be in [0, 1], got {args.m_prob}")
-    if args.flops_limit is not None and args.flops_limit <= 0:
-        raise UserError(f"--flops-limit must be positive (MFLOPs), got {args.flops_limit}")
-    if args.params_limit is not None and args.params_limit <= 0:
-        raise UserError(f"--params-limit must be positive (M params), got {args.params_limit}")
     if args.score == "accuracy" and args.method == "exact":
         raise UserError("--method exact needs a score that is a sum over layers (the BN "
                         "indicator); use --method ea with --score accuracy")
@@ -130,6 +133,10 @@ class Search:
     def __init__(self, args: argparse.Namespace):
         _check_args(args)
         self.args = args
+        # Read the limits before the (slow) supernet load, so a bad value fails at once.
+        self.flops_arg = None if args.flops_limit is None else parse_limit(args.flops_limit)
+        self.params_arg = (None if args.params_limit is None
+                           else parse_limit(args.params_limit, "params"))
         t0 = time.perf_counter()
         self.ck = ck = load_supernet(args.checkpoint)
         self.cfg = cfg = ck.config
@@ -169,33 +176,55 @@ class Search:
                 f"be poor (consider --score accuracy)")
 
     def _limits(self) -> None:
-        args = self.args
         lo, hi = cost_range(self.space, self.table, "flops")
-        if args.flops_limit is None:
+        fa, pa = self.flops_arg, self.params_arg
+        if fa is None:
             limit_m, why = default_flops_limit(self.cfg)
             say(f"FLOPs limit: {limit_m:.2f}M (default: {why})")
-            self.limit_rule = why
+            self.limit_rule, self.flops_limit = why, limit_m * 1e6
+            self.flops_reading = "default"
         else:
-            limit_m, self.limit_rule = float(args.flops_limit), "--flops-limit"
-        if limit_m * 1e6 < lo:
+            # The raw count as given (not millions * 1e6), so 475e6 stays exactly 475e6.
+            limit_m, self.flops_limit = fa.millions, fa.count
+            say(f"FLOPs limit: {limit_m:.2f}M ({fa.explained})")
+            self.limit_rule, self.flops_reading = "--flops-limit", fa.explained
+        if self.flops_limit < lo:
             raise UserError(f"--flops-limit {limit_m:g}M is below the cheapest architecture of "
                             f"this space ({lo / 1e6:.2f}M): nothing fits")
-        self.flops_limit_m, self.flops_limit = limit_m, limit_m * 1e6
+        self.flops_limit_m = limit_m
         self.flops_range = (lo, hi)
-        self.params_limit_m = args.params_limit
-        self.params_limit = None if args.params_limit is None else args.params_limit * 1e6
-        if self.params_limit is not None:
-            plo, _ = cost_range(self.space, self.table, "params")
+        self.limit_warnings: list[str] = []
+        self.flops_excludes_nothing = self.flops_limit >= hi
+        if self.flops_excludes_nothing:
+            self._warn_limit(f"the FLOPs limit {limit_m:.2f}M is at or above the costliest "
+                             f"architecture of this space ({hi / 1e6:.2f}M): it excludes nothing")
+        self.params_limit_m = None if pa is None else pa.millions
+        self.params_limit = None if pa is None else pa.count
+        self.params_reading = None if pa is None else pa.explained
+        self.params_excludes_nothing = None
+        if pa is not None:
+            say(f"params limit: {pa.millions:.2f}M ({pa.explained})")
+            plo, phi = cost_range(self.space, self.table, "params")
             if self.params_limit < plo:
-                raise UserError(f"--params-limit {args.params_limit:g}M is below the smallest "
+                raise UserError(f"--params-limit {pa.millions:g}M is below the smallest "
                                 f"architecture of this space ({plo / 1e6:.2f}M params)")
+            self.params_excludes_nothing = self.params_limit >= phi
+            if self.params_excludes_nothing:
+                self._warn_limit(f"the params limit {pa.millions:.2f}M is at or above the "
+                                 f"largest architecture of this space ({phi / 1e6:.2f}M): it "
+                                 f"excludes nothing")
+
+    def _warn_limit(self, msg: str) -> None:
+        say(f"warning: {msg}")
+        self.limit_warnings.append(msg)
 
     # ---- log identity ----------------------------------------------------------------
     def signature(self) -> dict:
         a = self.args
         sig = dict(config=self.cfg.to_dict(), score_kind=a.score,
                    flops_limit_m=round(self.flops_limit_m, 6),
-                   params_limit_m=self.params_limit_m,
+                   params_limit_m=(None if self.params_limit_m is None
+                                   else round(self.params_limit_m, 6)),
                    **{k: v for k, v in self.settings.to_dict().items() if k != "max_epochs"})
         if a.score == "indicator":
             sig["supernet"] = _fingerprint([torch.from_numpy(self.matrix)])
@@ -267,7 +296,8 @@ class Search:
                    settings=self.sig, method=self.method, score_kind=self.args.score,
                    seed=self.args.seed, max_epochs=self.settings.max_epochs,
                    flops_limit=self.flops_limit, flops_limit_mflops=self.flops_limit_m,
-                   params_limit=self.params_limit, checkpoint=os.path.abspath(self.args.checkpoint),
+                   params_limit=self.params_limit, **self._limit_fields(),
+                   checkpoint=os.path.abspath(self.args.checkpoint),
                    indicator=torch.from_numpy(self.matrix.copy()), exact=self.exact,
                    timing=self.timing, finished=self.finished, pending_scores=pending or {})
         return obj
@@ -288,11 +318,20 @@ class Search:
                                   **self.ck.info),
                     flops_limit=self.flops_limit, flops_limit_mflops=self.flops_limit_m,
                     flops_limit_rule=self.limit_rule, flops_range=list(self.flops_range),
-                    params_limit=self.params_limit, settings=self.settings.to_dict(),
+                    params_limit=self.params_limit, **self._limit_fields(),
+                    settings=self.settings.to_dict(),
                     generations=(ea_state or {}).get("epoch", 0), finished=self.finished,
                     best=best, exact=self.exact, gap=gap, timing=self.timing,
                     op_names=list(self.space.op_names), indicator=self.matrix.tolist(),
                     candidates=cands)
+
+    def _limit_fields(self) -> dict:
+        return dict(flops_limit_reading=self.flops_reading,
+                    flops_limit_excludes_nothing=self.flops_excludes_nothing,
+                    params_limit_mparams=self.params_limit_m,
+                    params_limit_reading=self.params_reading,
+                    params_limit_excludes_nothing=self.params_excludes_nothing,
+                    limit_warnings=list(self.limit_warnings))
 
     def _write(self, ea_state: dict | None, pending: dict | None = None,
                with_json: bool = True) -> None:
@@ -314,6 +353,8 @@ class Search:
             ea = Evolution(self.space, self.settings, lambda a: self._score(a), self._costs,
                            self.flops_limit, self.params_limit, args.score, log=say)
         if old is not None:
+            if old.get("initialised"):
+                old = self._upgrade(old)
             if wants_ea and old.get("initialised"):
                 ea.load_state_dict(old)
             elif not wants_ea and old.get("initialised"):
@@ -374,6 +415,21 @@ class Search:
         self.finished = True
         self._write(ea.state_dict() if ea else kept)
         self.report(load_log(args.log_dir))
+
+    def _upgrade(self, old: dict) -> dict:
+        """An EA state of a version-1 log, with memory in the reference's meaning."""
+        if "keep_top_history" in old:
+            return old
+        try:
+            new = upgrade_state(old)
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{self.log_pth} is an EA log of an older version that cannot be "
+                            f"resumed (no per-generation populations); use another --log-dir "
+                            f"or remove it") from None
+        say(f"note: {self.log_pth} is a version-{old.get('version', 1)} log: its memory (the "
+            f"top-{self.settings.select_num} history) is read as keep_top_history, and memory "
+            f"is rebuilt from its per-generation populations, as the reference's")
+        return new
 
     def _exact(self) -> None:
         res = solve(self.matrix, self.table.flops, self.space.allowed_mask(), self.flops_limit,

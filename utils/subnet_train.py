@@ -4,8 +4,9 @@
     loss, correct = trainer.step(x, y, it)     # tensors on the device, no host sync
     sync_buffers(trainer.net, env)             # before validating or saving
 
-Recipe (SPEC.md section 5): SGD momentum 0.9, lr linear per iteration from 0.5 to 0,
-weight decay 4e-5 on conv and classifier weights only, label smoothing 0.1, gradients
+Recipe (docs/method.md, "Recipes"): SGD momentum 0.9, lr linear per iteration from 0.5 to
+0, weight decay 4e-5 on the 4-D conv weights only (what the original's decay group
+amounts to in its retrained network; `decay_policy` chooses others), label smoothing 0.1, gradients
 clipped BY NORM to 5 (the supernet clips by value). With several ranks the model is
 wrapped in torch's DistributedDataParallel: every parameter is used in every step, so
 the bucketed all-reduce overlaps with the backward pass.
@@ -30,14 +31,15 @@ class SubnetTrainer(TrainerState):
     def __init__(self, net: nn.Module, env: DistEnv, *, total_iters: int, lr: float = 0.5,
                  final_lr: float = 0.0, momentum: float = 0.9, weight_decay: float = 4e-5,
                  grad_clip: float = 5.0, label_smooth: float = 0.1, amp: Amp | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, decay_policy: str = "conv"):
         self.env = env
         self.net = net.to(env.device)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.amp = amp if amp is not None else Amp("none", env.device)
         self.grad_clip = float(grad_clip)
-        self.optimizer = torch.optim.SGD(param_groups_no_bn_decay(self.net, weight_decay),
+        self.optimizer = torch.optim.SGD(param_groups_no_bn_decay(self.net, weight_decay,
+                                                                  policy=decay_policy),
                                          lr=lr, momentum=momentum, foreach=True)
         self.schedule = LinearSchedule(lr, final_lr, total_iters)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smooth)

@@ -38,17 +38,32 @@ def sample_path(space: SearchSpace, seed: int, it: int) -> tuple[int, ...]:
     return space.random_arch(np.random.default_rng([int(seed) & 0xFFFFFFFF, int(it)]))
 
 
-def freeze_for_bn_nas(space: SearchSpace, net: Supernet) -> list[nn.Parameter]:
-    """Freeze everything but the indicator BN gamma/beta of every candidate op."""
+# Which parameters a BN-only supernet trains (`supernet/main.py --bn-params`): the
+# original trains the gamma/beta of each candidate op's indicator BN (its last BN) and
+# nothing else; "all" trains every BN's gamma and beta (stem, fixed block, every BN inside
+# the ops, head) - an ablation, as is training the classifier too.
+BN_PARAM_CHOICES = ("indicator", "all")
+
+
+def freeze_for_bn_nas(space: SearchSpace, net: Supernet, bn_params: str = "indicator",
+                      train_classifier: bool = False) -> list[nn.Parameter]:
+    """Freeze everything but the BN affine parameters `bn_params` names (and, with
+    `train_classifier`, the classifier's weight and bias); returns what stays trainable."""
+    if bn_params not in BN_PARAM_CHOICES:
+        raise ValueError(f"bn_params must be one of {BN_PARAM_CHOICES}, got {bn_params!r}")
     for p in net.parameters():
         p.requires_grad_(False)
-    trainable = []
-    for layer_bns in space.indicator_modules(net):
-        for bn in layer_bns:
-            for p in (bn.weight, bn.bias):
-                p.requires_grad_(True)
-                trainable.append(p)
-    return trainable
+    if bn_params == "indicator":
+        bns = [bn for layer_bns in space.indicator_modules(net) for bn in layer_bns]
+    else:
+        bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    chosen = [p for bn in bns for p in (bn.weight, bn.bias)]
+    if train_classifier:
+        chosen += list(net.head.classifier.parameters())
+    for p in chosen:
+        p.requires_grad_(True)
+    # the model's own order, so the optimizer's groups are the same on every rank and run
+    return [p for p in net.parameters() if p.requires_grad]
 
 
 class SupernetTrainer(TrainerState):
@@ -57,7 +72,8 @@ class SupernetTrainer(TrainerState):
     def __init__(self, space: SearchSpace, net: Supernet, env: DistEnv, *, train_all: bool,
                  seed: int, total_iters: int, lr: float = 0.25, min_lr: float = 5e-4,
                  momentum: float = 0.9, weight_decay: float = 4e-5, grad_clip: float = 5.0,
-                 label_smooth: float = 0.1, amp: Amp | None = None):
+                 label_smooth: float = 0.1, amp: Amp | None = None,
+                 bn_params: str = "indicator", train_classifier: bool = False):
         self.space, self.net, self.env = space, net, env
         self.train_all, self.seed = bool(train_all), int(seed)
         self.grad_clip = float(grad_clip)
@@ -66,7 +82,7 @@ class SupernetTrainer(TrainerState):
             for p in net.parameters():
                 p.requires_grad_(True)
         else:
-            freeze_for_bn_nas(space, net)
+            freeze_for_bn_nas(space, net, bn_params, train_classifier)
         # Per (layer, op) trainable parameters, and the ones outside the layers: the
         # step touches only the path's lists, never scans every parameter.
         self.op_params = [[[p for p in op.parameters() if p.requires_grad] for op in layer.ops]
@@ -76,7 +92,8 @@ class SupernetTrainer(TrainerState):
                               if p.requires_grad and id(p) not in in_layers]
         trainable = [p for p in net.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
-            param_groups_no_bn_decay(net, weight_decay, trainable), lr=lr, momentum=momentum,
+            param_groups_no_bn_decay(net, weight_decay, trainable, policy="conv+classifier"),
+            lr=lr, momentum=momentum,
             foreach=True)
         self.schedule = LinearSchedule(lr, min_lr, total_iters)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smooth)

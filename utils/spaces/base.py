@@ -102,8 +102,11 @@ class ConvBNAct(nn.Sequential):
             self.add_module("act", act(inplace=True))
 
 
-def init_weights(module: nn.Module) -> None:
-    """The reference init: conv N(0, sqrt(2 / (k*k*out))), BN gamma 1 beta 0."""
+def init_supernet_weights(module: nn.Module) -> None:
+    """The original supernet's init: every conv N(0, sqrt(2 / (k*k*out))), every BN gamma 1
+    and beta 0. The classifier keeps PyTorch's default (uniform +-1/sqrt(in) weight and
+    bias), as in the original: in BN-only training it stays frozen there, so it sets the
+    scale the indicator BNs learn under (docs/method.md, "Initialisation")."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             k = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
@@ -113,10 +116,6 @@ def init_weights(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.01)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 class ChoiceLayer(nn.Module):
@@ -153,7 +152,7 @@ class Supernet(nn.Module):
             ChoiceLayer(space.make_op(spec, op) for op in range(space.num_ops))
             for spec in space.layers)
         self.head = space.make_head(dropout)
-        init_weights(self)
+        init_supernet_weights(self)
 
     def forward(self, x: torch.Tensor, arch: Sequence[int]) -> torch.Tensor:
         x = self.stem(x)
@@ -168,7 +167,10 @@ class Supernet(nn.Module):
 
 
 class Subnet(nn.Module):
-    """A standalone network for one architecture; skipped layers are nn.Identity."""
+    """A standalone network for one architecture; skipped layers are nn.Identity.
+
+    Built from scratch it keeps PyTorch's default init everywhere (as the original's
+    retrained network); `SearchSpace.subnet(..., supernet=...)` loads a path instead."""
 
     def __init__(self, space: "SearchSpace", arch: Sequence[int], dropout: float = 0.0):
         super().__init__()
@@ -180,7 +182,7 @@ class Subnet(nn.Module):
             nn.Identity() if op == SKIP else space.make_op(spec, op)
             for spec, op in zip(space.layers, arch))
         self.head = space.make_head(dropout)
-        init_weights(self)
+        # No custom init: the original retrains from PyTorch's default init of every layer.
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
