@@ -21,13 +21,17 @@ if __package__ in (None, ""):
 import torch
 
 from utils import checkpoint as ckpt
-from utils.cli import UserError, add_space_args, config_from_args, main_guard
+from utils.cli import (ArgumentParser, UserError, add_space_args, batch_size_int,
+                       config_from_args, fraction, main_guard, momentum_float, nonneg_float,
+                       nonneg_int, positive_int, seed_int)
 from utils.data import add_augment_args, add_data_args, augment_kwargs, build_train_loader
+from utils.data_identity import check_resume_data, loader_fingerprint
 from utils.dist import (DistEnv, add_launcher_args, all_reduce_sum, barrier, broadcast_tensors,
-                        cleanup, describe, setup)
-from utils.engine import (Amp, GracefulStop, MetricsLogger, ProgressBar, Timer, add_amp_args,
-                          metrics_path_for, resolve_channels_last, rng_state, seed_everything,
-                          set_rng_state)
+                        cleanup, collective_guard, describe, maybe_freeze, setup)
+from utils.engine import (Amp, GracefulStop, LossGuard, MetricsLogger, NonFiniteError,
+                          ProgressBar, Timer, add_amp_args, first_nonfinite, metrics_path_for,
+                          resolve_channels_last, rng_state, seed_everything, set_rng_state)
+from utils.lock import OutputLock
 from utils.spaces import get_space
 from utils.supernet_train import BN_PARAM_CHOICES, SupernetTrainer
 
@@ -39,31 +43,34 @@ RUN_DEFINING = ("seed", "batch_size", "total_iters", "steps_per_epoch")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description="Train a BN-NAS supernet (indicator BNs only; --train-all for SPOS).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--train_dir", "--train-dir", dest="train_dir", default=None,
                    help="ImageFolder training set (<dir>/<class>/<image>)")
-    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=512,
+    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=batch_size_int,
+                   default=512,
                    help="GLOBAL batch size, split evenly over the processes")
-    p.add_argument("--learning_rate", "--learning-rate", dest="learning_rate", type=float,
-                   default=0.25)
-    p.add_argument("--min_lr", "--min-lr", dest="min_lr", type=float, default=5e-4,
+    p.add_argument("--learning_rate", "--learning-rate", dest="learning_rate",
+                   type=nonneg_float, default=0.25)
+    p.add_argument("--min_lr", "--min-lr", dest="min_lr", type=nonneg_float, default=5e-4,
                    help="final LR of the per-iteration linear decay")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight_decay", "--weight-decay", dest="weight_decay", type=float,
+    p.add_argument("--momentum", type=momentum_float, default=0.9, help="SGD momentum, [0, 1)")
+    p.add_argument("--weight_decay", "--weight-decay", dest="weight_decay", type=nonneg_float,
                    default=4e-5, help="on every conv weight and the classifier's weight and "
                                       "bias (the original's decay group), never on BN")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=positive_int, default=None,
                    help=f"default {EPOCHS_BN_NAS} (BN-NAS), {EPOCHS_SPOS} with --train-all")
-    p.add_argument("--total_iters", "--total-iters", dest="total_iters", type=int, default=None,
-                   help="number of iterations; overrides --epochs")
-    p.add_argument("--seed", type=int, default=0, help="seeds paths, data order and augmentation")
-    p.add_argument("--grad_clip", "--grad-clip", dest="grad_clip", type=float, default=5.0,
-                   help="clip gradients BY VALUE (0 = off)")
-    p.add_argument("--label_smooth", "--label-smooth", dest="label_smooth", type=float,
-                   default=0.1)
-    p.add_argument("--report_freq", "--report-freq", dest="report_freq", type=int, default=50,
+    p.add_argument("--total_iters", "--total-iters", dest="total_iters", type=positive_int,
+                   default=None, help="number of iterations; overrides --epochs")
+    p.add_argument("--seed", type=seed_int, default=0,
+                   help="seeds paths, data order and augmentation (0 <= seed < 2**32)")
+    p.add_argument("--grad_clip", "--grad-clip", dest="grad_clip", type=nonneg_float,
+                   default=5.0, help="clip gradients BY VALUE (0 = off)")
+    p.add_argument("--label_smooth", "--label-smooth", dest="label_smooth", type=fraction,
+                   default=0.1, help="label smoothing, [0, 1)")
+    p.add_argument("--report_freq", "--report-freq", dest="report_freq", type=positive_int,
+                   default=50,
                    help="iterations between progress/metrics updates (the only host syncs)")
     p.add_argument("--train-all", "--train_all", dest="train_all", action="store_true",
                    help="SPOS baseline: train every parameter (default: BN-NAS, only the "
@@ -78,9 +85,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                              "(the original keeps it frozen at init)")
     p.add_argument("--checkpoint", default="./checkpoint.pth.tar",
                    help="checkpoint to write, and to resume from when it exists")
-    p.add_argument("--save-freq", "--save_freq", dest="save_freq", type=int, default=0,
+    p.add_argument("--allow-data-change", "--allow_data_change", dest="allow_data_change",
+                   action="store_true",
+                   help="resume although --train_dir is not the data the checkpoint was "
+                        "trained on (images added or removed; the class names must match)")
+    p.add_argument("--save-freq", "--save_freq", dest="save_freq", type=nonneg_int, default=0,
                    help="also save every N iterations (0: only at epoch ends and the end)")
-    p.add_argument("--stop-after", "--stop_after", dest="stop_after", type=int, default=0,
+    p.add_argument("--stop-after", "--stop_after", dest="stop_after", type=nonneg_int, default=0,
                    help="save and exit after N iterations in this invocation (time-limited "
                         "jobs); rerun to continue")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (one GPU per process)")
@@ -96,13 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.train_all and (args.bn_params != "indicator" or args.train_classifier):
         raise UserError("--bn-params and --train-classifier choose what a BN-only supernet "
                         "trains; with --train-all every parameter trains already")
-    for name in ("batch_size", "epochs", "report_freq"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.total_iters is not None and args.total_iters < 1:
-        raise UserError(f"--total_iters must be at least 1, got {args.total_iters}")
-    if args.workers is not None and args.workers < 0:
-        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    # Numeric ranges are checked while parsing (the utils.cli types above).
     return args
 
 
@@ -174,11 +179,24 @@ def save(path: str, trainer: SupernetTrainer, cfg, args, run: dict, it: int, env
 @main_guard
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    env = setup(args.local_rank, args.device)
+    env = setup(args.local_rank, args.device, timeout_s=args.dist_timeout)
     try:
-        return train(args, env)
+        with collective_guard(env):
+            if env.is_main:  # before any work: a path that cannot be written fails now
+                ckpt.check_output_path(args.checkpoint, "--checkpoint")
+            # One run per checkpoint (rank 0 holds the lock), released however we exit.
+            with OutputLock(args.checkpoint + ".lock", what=args.checkpoint,
+                            enabled=env.is_main, log=_note):
+                if env.is_main:
+                    ckpt.clean_stale_temps(args.checkpoint, metrics_path_for(args.checkpoint),
+                                           log=_note)
+                return train(args, env)
     finally:
         cleanup(env)
+
+
+def _note(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def train(args: argparse.Namespace, env: DistEnv) -> int:
@@ -193,11 +211,17 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
                total_iters=args.total_iters if args.total_iters else args.epochs * spe,
                num_samples=len(loader.dataset))
     total = run["total_iters"]
+    # What the checkpoint records of its data: class names (label i = classes[i]) and a
+    # fingerprint (per-class counts, sha256 of the file list) that resuming must match.
+    identity = dict(classes=list(loader.classes),
+                    data=loader_fingerprint(args.train_dir, loader))
 
     state = None
     if os.path.exists(args.checkpoint):
         state = ckpt.load(args.checkpoint)
         check_resume(state, args.checkpoint, cfg, run, args, env)
+        check_resume_data(state.get("data"), identity["data"], args.checkpoint,
+                          args.allow_data_change, _note if env.is_main else (lambda m: None))
         if int(state["iter"]) >= total:
             if env.is_main:
                 print(f"{args.checkpoint}: supernet training already finished "
@@ -242,6 +266,11 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
                  else f"training {total} iterations -> {args.checkpoint}"), flush=True)
 
     metrics = metrics_path_for(args.checkpoint)
+    if state is not None and env.is_main:
+        dropped = ckpt.trim_metrics(metrics, start)
+        if dropped:
+            _note(f"note: dropped {dropped} row(s) of {metrics} logged after iteration "
+                  f"{start} (the checkpoint's), so they are not logged twice")
     logger = MetricsLogger(metrics, env, tensorboard_dir=metrics[: -len(".metrics.jsonl")] + ".tb")
     dump: list | None = [] if args.dump_dir else None
     bar = ProgressBar(total, env, desc="supernet", initial=start)
@@ -255,9 +284,33 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
     epoch_sums = torch.zeros(2, device=env.device)
     per_rank = loader.batch_size_per_rank
 
+    guard = LossGuard(env, start)  # nan/inf losses, watched on the device
+    saved_at = [start if state is not None else None]
+
+    def ensure_finite(weights: bool = False) -> None:
+        """Stop at once on a nan/inf loss (or, before a save, weights): never report or
+        save a diverged state; the checkpoint on disk keeps the last good one."""
+        bad_it, what = guard.first_bad(), None
+        if bad_it is not None:
+            what = f"the loss is nan or inf at iteration {bad_it + 1}/{total}"
+        elif weights:
+            name = first_nonfinite(trainer.net.state_dict().items(), env)
+            if name is not None:
+                what = f"the weights are nan or inf ({name}) after iteration {it}/{total}"
+        if what is None:
+            return
+        kept = (f"{args.checkpoint} keeps iteration {saved_at[0]}, the last good state"
+                if saved_at[0] is not None else "nothing was saved")
+        logger.log(it, event="diverged", reason=what)
+        logger.close()
+        raise NonFiniteError(f"training diverged: {what} ({kept}); lower --learning_rate "
+                             f"or check the data")
+
     def checkpoint_now() -> None:
+        ensure_finite(weights=True)
         save(args.checkpoint, trainer, cfg, args, run, it, env,
-             dict(train_time=prior_time + timer.elapsed()))
+             dict(train_time=prior_time + timer.elapsed(), **identity))
+        saved_at[0] = it
 
     def reduced(t: torch.Tensor, steps: int) -> tuple[float, float]:
         loss_sum, correct = all_reduce_sum(t.clone(), env).tolist()
@@ -274,11 +327,14 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
                     x, y = loader.prepare(batch, env.device, channels_last)
                     if dump is not None:
                         dump.append(loader.sampler.batch_indices(epoch, it % spe))
+                    maybe_freeze(env, it)
                     loss, correct = trainer.step(x, y, it)
+                    guard.step(loss)
                     sums += torch.stack([loss.float() * per_rank, correct.float()])
                     it += 1
                     end_of_epoch = it % spe == 0 or it == total
                     if it % args.report_freq == 0 or end_of_epoch:
+                        ensure_finite()
                         epoch_sums += sums
                         loss_v, top1 = reduced(sums, it - window_it)
                         sums.zero_()

@@ -15,7 +15,7 @@ from tests.conftest import ROOT, run_env
 from utils.flops import FlopsTable, committed_dir, load_table, table_path
 from utils.spaces import get_space, make_config
 
-PUBLISHED = [  # SPEC.md section 4
+PUBLISHED = [  # docs/method.md, "Counting FLOPs and parameters"
     ("mobilenet", "3 -1 0 4 0 -1 -1 0 4 -1 4 4 1 4 2 0 0 4 0 2 2", 473_549_240, 5_228_536),
     ("mobilenet", "0 -1 0 0 4 -1 -1 2 0 -1 4 4 3 0 2 1 0 4 2 5 2", 468_807_608, 5_780_560),
     ("shufflenet", "2 1 0 1 2 0 2 0 2 0 2 3 0 0 0 0 3 2 3 3", 322_918_720, 3_558_464),
@@ -84,7 +84,7 @@ def test_table_sum_equals_direct_count(space_name, kw, tables):
     assert table.params_of(batch).tolist() == [table.params_of(a) for a in archs]
 
 
-def test_table_json_roundtrip_and_rebuild(tmp_path):
+def test_table_json_roundtrip_and_rebuild(tmp_path, monkeypatch):
     cfg = make_config("mobilenet", input_size=32, width_mult=0.5, classes=10)
     table = load_table(cfg, str(tmp_path))
     path = table_path(cfg, str(tmp_path))
@@ -94,15 +94,47 @@ def test_table_json_roundtrip_and_rebuild(tmp_path):
     assert len(d["layers"][0]["flops"]) == 6 and d["layers"][0]["stride"] == 2
     again = FlopsTable.from_json(d)
     assert np.array_equal(again.flops, table.flops) and again.base_flops == table.base_flops
-    # A stale or corrupt file is rebuilt, not trusted.
-    d["key"]["classes"] = 11
-    d["base_flops"] = 1
-    with open(path, "w") as f:
-        json.dump(d, f)
-    assert load_table(cfg, str(tmp_path)).base_flops == table.base_flops
-    with open(path, "w") as f:
-        f.write("{not json")
-    assert load_table(cfg, str(tmp_path)).base_flops == table.base_flops
+    # A wrong table in a folder given explicitly is refused in one line, never used.
+    good = dict(d, layers=[dict(l) for l in d["layers"]])
+    from utils.cli import UserError
+    edits = {
+        "another config": lambda t: t["key"].__setitem__("classes", 11),
+        "base_flops is -1": lambda t: t.__setitem__("base_flops", -1),
+        "layers, the space has 21": lambda t: t["layers"].pop(),
+        "flops entries, the space has 6 ops": lambda t: t["layers"][3]["flops"].pop(),
+        "not a non-negative integer": lambda t: t["layers"][2]["params"].__setitem__(0, 1.5),
+        "checksum does not match": lambda t: t["layers"][4]["flops"].__setitem__(1, 7),
+        "recomputed": lambda t: [l.update(flops=[1] * 6, params=[1] * 6)
+                                 for l in t["layers"]] and t.pop("sha256"),
+        "not valid JSON": None,
+    }
+    for needle, edit in edits.items():
+        bad = json.loads(json.dumps(good))
+        with open(path, "w") as f:
+            if edit is None:
+                f.write("{not json")
+            else:
+                edit(bad)
+                json.dump(bad, f)
+        with pytest.raises(UserError) as e:
+            load_table(cfg, str(tmp_path))
+        assert needle in str(e.value) and "\n" not in str(e.value), (needle, str(e.value))
+    # The same wrong tables in the user cache are rebuilt, with a one-line note.
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("BNNAS_TABLE_DIR", str(cache))
+    cached = table_path(cfg, str(cache))
+    os.makedirs(cache)
+    for edit in (lambda t: t.__setitem__("base_flops", 1),
+                 lambda t: [l.update(flops=[1] * 6) for l in t["layers"]] and t.pop("sha256")):
+        bad = json.loads(json.dumps(good))
+        edit(bad)
+        with open(cached, "w") as f:
+            json.dump(bad, f)
+        again = load_table(cfg)
+        assert again.base_flops == table.base_flops
+        assert np.array_equal(again.flops, table.flops)
+        with open(cached) as f:
+            assert json.load(f)["sha256"] == good["sha256"]
 
 
 def test_committed_imagenet_tables_are_current():

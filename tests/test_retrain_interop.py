@@ -28,7 +28,8 @@ def _randomise(net: torch.nn.Module, seed: int) -> None:
                         else torch.randn(t.shape, generator=g) * 0.3)
 
 
-# Our names -> the reference's (SPEC.md section 6), written independently of utils/interop.
+# Our names -> the reference's (docs/method.md, "Checkpoints and logs of the original"),
+# written independently of utils/interop.
 _PAIR = {"conv": "0", "bn": "1"}
 _FIXED = {"depthwise.conv": "0", "depthwise.bn": "1", "project.conv": "3", "project.bn": "4"}
 _OP = {"expand.conv": "0", "expand.bn": "1", "depthwise.conv": "3", "depthwise.bn": "4",

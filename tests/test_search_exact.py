@@ -100,4 +100,5 @@ def test_default_limits_follow_the_published_ones():
     assert default_flops_limit(make_config("shufflenet", **IMAGENET))[0] == 330.0
     cfg = make_config("mobilenet", **IMAGENET)
     lo, hi = cost_range(get_space(cfg), load_table(cfg))
-    assert round(lo / 1e5) == 3934 and round(hi / 1e5) == 8496  # SPEC: 393.4M .. 849.6M
+    # 393.4M .. 849.6M: docs/method.md, "Counting FLOPs and parameters"
+    assert round(lo / 1e5) == 3934 and round(hi / 1e5) == 8496

@@ -56,6 +56,15 @@ def run(title: str, cmd: list[str], cwd: str, env: dict, times: dict, key: str) 
     return "".join(lines)
 
 
+def _environment(env: dict) -> dict:
+    """The stages' CPU kernels and threads: results are bit-identical only where these
+    (and the PyTorch build) agree."""
+    import torch
+    return dict(torch=torch.__version__, cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                threads_per_process=int(env.get("OMP_NUM_THREADS", "1")),
+                onednn_max_isa=env.get("ONEDNN_MAX_CPU_ISA", "default"))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.path.join(ROOT, "demo_out"), help="output folder")
@@ -130,7 +139,9 @@ def main() -> None:
         gap=(exact["score"] - ea["score"]) if exact.get("score") is not None else None,
         retrained_top1=top1, retrained_top5=top5,
         seconds={k: round(v, 1) for k, v in times.items()},
-        total_seconds=round(time.perf_counter() - t0, 1), quick=args.quick)
+        total_seconds=round(time.perf_counter() - t0, 1), quick=args.quick,
+        # what decides the floating-point results (tools/determinism_check.py)
+        environment=_environment(env))
     write_json_atomic(summary, os.path.join(out, "summary.json"))
 
     print("\n=== BN-NAS demo report")

@@ -1,9 +1,10 @@
 """FLOPs/params ranges of a space and the default FLOPs limit of a search.
 
-The published limits (SPEC.md section 4) are for the ImageNet setting: 475M for
-`mobilenet` (forced skips 1,5,6,9), 330M for `shufflenet`. Any other config (the demo's
-32x32 inputs, other widths or class counts, other forced skips) gets the limit at the same
-relative position between its cheapest and costliest architecture:
+The published limits (docs/method.md, "Counting FLOPs and parameters") are for the
+ImageNet setting: 475M for `mobilenet` (forced skips 1,5,6,9), 330M for `shufflenet`.
+Any other config (the demo's 32x32 inputs, other widths or class counts, other forced
+skips) gets the limit at the same relative position between its cheapest and costliest
+architecture:
 
     limit = min + (475M - min_imagenet) / (max_imagenet - min_imagenet) * (max - min)
 

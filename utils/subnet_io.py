@@ -22,7 +22,8 @@ from utils.checkpoint import check_config, clean_state_dict, load
 from utils.cli import UserError
 from utils.spaces import SearchSpace, SpaceConfig, make_config, parse_skips
 
-# The architectures of SPEC.md section 4 (what the reference retrain script trains).
+# The published architectures (docs/method.md, "Counting FLOPs and parameters"); the
+# mobilenet one is the reference retrain script's default --model_id.
 PUBLISHED = {
     "mobilenet": "3 -1 0 4 0 -1 -1 0 4 -1 4 4 1 4 2 0 0 4 0 2 2",  # BN-NAS
     "shufflenet": "2 1 0 1 2 0 2 0 2 0 2 3 0 0 0 0 3 2 3 3",  # SPOS
