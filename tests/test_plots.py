@@ -116,34 +116,58 @@ def test_reference_style_log_plots_what_it_can(tmp_path):
 
 
 def _report(n: int = 12) -> dict:
+    """A ranking.json-shaped report (version 2) with made-up numbers."""
     rng = np.random.default_rng(0)
     truth = rng.uniform(40, 60, n)
     flops = np.sort(rng.uniform(2e6, 3e6, n))
+    stratum = ["under_limit"] * (n // 2) + ["over_limit"] * (n - n // 2)
+    scores = {}
+    for it in (250, 1000, 4000):
+        scores[f"bn_indicator[indicator]@{it}"] = dict(
+            family="bn_indicator[indicator]", iter=it, scores=truth + rng.normal(0, 5, n))
+        scores[f"bn_indicator[all]@{it}"] = dict(family="bn_indicator[all]", iter=it,
+                                                 scores=rng.normal(size=n))
+    for it in (2000, 8000):
+        scores[f"spos_accuracy@{it}"] = dict(family="spos_accuracy", iter=it,
+                                             scores=rng.uniform(10, 30, n))
+    for name in ("synflow", "naswot", "grad_norm", "snip", "random"):
+        scores[name] = dict(family=name, scores=rng.uniform(1, 1e6, n))
+    scores["flops"] = dict(family="flops", scores=flops)
+    scores["params"] = dict(family="params", scores=rng.uniform(5e5, 9e5, n))
+    for v in scores.values():
+        v["scores"] = [float(x) for x in v["scores"]]
+        v["seconds_per_candidate"] = 1e-3
 
-    def pred(family, scores, epoch=None, tau=0.3):
-        return dict(family=family, epoch=epoch, scores=list(map(float, scores)), tau=tau,
-                    tau_ci=[tau - 0.3, min(1.0, tau + 0.3)], rho=tau, rho_ci=[tau - 0.3, tau + 0.3])
+    def stat(tau):
+        return dict(tau=tau, tau_ci=[tau - 0.3, min(1.0, tau + 0.3)], rho=tau,
+                    rho_ci=[tau - 0.3, min(1.0, tau + 0.3)])
 
-    preds = {f"bn_indicator@{e}": pred("bn_indicator", truth + rng.normal(0, 5, n), e, 0.1 * e)
-             for e in (1, 2, 3)}
-    preds.update({f"spos_accuracy@{e}": pred("spos_accuracy", rng.uniform(10, 30, n), e, 0.05 * e)
-                  for e in (1, 2, 3)})
-    preds["bn_indicator_spos_supernet@3"] = pred("bn_indicator_spos_supernet", rng.normal(size=n),
-                                                 3, -0.1)
-    preds["flops"] = pred("flops", flops, tau=0.2)
-    preds["params"] = pred("params", rng.uniform(5e5, 9e5, n), tau=0.1)
-    preds["random"] = dict(pred("random", rng.random(n)), tau=None, tau_ci=[None, None])
-    curves = {fam: [dict(epoch=p["epoch"], **{k: p[k] for k in ("tau", "tau_ci", "rho", "rho_ci")})
-                    for p in preds.values() if p["family"] == fam]
-              for fam in ("bn_indicator", "spos_accuracy")}
-    subnets = [dict(top1=float(t), flops=float(f)) for t, f in zip(truth, flops)]
-    return dict(subnets=subnets, predictors=preds, curves=curves, ground_truth=dict(epochs=2))
+    strata = {}
+    for k, name in enumerate(("all", "under_limit")):
+        preds = {p: stat(float(rng.uniform(-0.5, 0.8))) for p in scores}
+        preds["random"] = dict(tau=None, tau_ci=[None, None], rho=None, rho_ci=[None, None])
+        strata[name] = dict(subnets=n if k == 0 else n // 2, predictors=preds,
+                            ground_truth_agreement=stat(0.7 - 0.2 * k))
+    curves = {st: {fam: [dict(iter=p["iter"], **strata[st]["predictors"][name])
+                         for name, p in scores.items() if p["family"] == fam]
+                   for fam in ("bn_indicator[indicator]", "bn_indicator[all]", "spos_accuracy")}
+              for st in strata}
+    subnets = [dict(top1=float(t), flops=float(f), stratum=s)
+               for t, f, s in zip(truth, flops, stratum)]
+    pilot = dict(target=0.6, chosen_iters=750,
+                 budgets=[dict(iters=250, subnets=10, mean_top1=74.0, seconds_per_training=90.0,
+                               agreement=stat(0.35)),
+                          dict(iters=750, subnets=10, mean_top1=82.0,
+                               seconds_per_training=270.0, agreement=stat(0.65))])
+    return dict(subnets=subnets, predictor_scores=scores, strata=strata, curves=curves,
+                pilot=pilot, ground_truth=dict(iters=750, seeds=[0, 1]))
 
 
 def test_ranking_plots(tmp_path):
     paths = plot_ranking(_report(), str(tmp_path))
-    assert [os.path.basename(p) for p in paths] == ["ranking_scatter.png",
-                                                   "ranking_tau_vs_epoch.png"]
+    assert [os.path.basename(p) for p in paths] == [
+        "ranking_scatter.png", "ranking_tau_vs_iterations.png", "ranking_predictors.png",
+        "ranking_pilot.png"]
     for p in paths:
         check_png(p)
     assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]  # atomic writes cleaned up

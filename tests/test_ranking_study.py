@@ -7,20 +7,24 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 
-from conftest import run_env
+from conftest import run_env, write_imagefolder
 from utils.arch_sampling import stratified_by_flops
 from utils.cli import UserError
 from utils.flops import load_table
 from utils.ranking import (average_ranks, bootstrap_indices, correlate, interval,
                            kendall_tau, paired_difference, spearman_rho)
-from utils.ranking_study import (StudySettings, noisy_truth_warning, rank_statistics, stage_keys,
-                                 stop_gracefully, truth_reliability)
+from utils.ranking_study import (RunOptions, StudySettings, StudyStopped, budget_key,
+                                 choose_budget, conclude, rank_statistics, run_stage,
+                                 seed_agreement, spos_scores_key, stop_all, supernet_key)
 from utils.search_limits import cost_range, default_flops_limit
 from utils.spaces import get_space, make_config
 
@@ -103,7 +107,6 @@ def test_rank_statistics_compares_with_flops_on_the_same_resamples():
     assert st["flops"]["tau"] == pytest.approx(kendall_tau([1, 2, 3, 4, 5, 6], truth))
     assert "tau_minus_flops" not in st["flops"]
     assert st["oracle"]["tau_minus_flops"]["diff"] == pytest.approx(1.0 - st["flops"]["tau"])
-    assert st["oracle"]["epoch"] == 1 and st["oracle"]["scores"] == truth.tolist()
 
 
 @pytest.mark.parametrize("bad", [([1, 2], [1, 2, 3]), ([1, np.nan], [1, 2])])
@@ -146,9 +149,11 @@ def test_stratified_sampling_refuses_an_impossible_request():
 
 # ---- the quick study end to end --------------------------------------------------------
 
-def _study(out: str, *extra: str) -> subprocess.CompletedProcess:
+def _study(out: str, data: str, *extra: str, report: str | None = None
+           ) -> subprocess.CompletedProcess:
     cmd = [sys.executable, os.path.join(ROOT, "tools", "ranking_study.py"), "--quick",
-           "--source", "slice", "--out", out, "--threads", "1", "--workers", "0", *extra]
+           "--data", data, "--out", out, "--report-dir", report or os.path.join(out, "report"),
+           "--threads", "1", "--workers", "0", *extra]
     return subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=600)
 
 
@@ -158,117 +163,138 @@ def _check_png(path: str) -> None:
     assert head == PNG_MAGIC and os.path.getsize(path) > 10_000, path
 
 
-def test_quick_study_runs_resumes_and_reports(tmp_path):
-    out = str(tmp_path / "study")
-    r = _study(out)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    with open(os.path.join(out, "report", "ranking.json")) as f:
+@pytest.fixture(scope="module")
+def learnable(tmp_path_factory) -> str:
+    """4 classes told apart by colour: even a few iterations learn something."""
+    return write_imagefolder(str(tmp_path_factory.mktemp("study_data")), classes=4,
+                             train_per_class=24, val_per_class=10, size=16)
+
+
+PREDICTORS = {"bn_indicator[indicator]@3", "bn_indicator[indicator]@6", "bn_indicator[all]@3",
+              "bn_indicator[all]@6", "bn_indicator[spos supernet]@6", "spos_accuracy@3",
+              "spos_accuracy@6", "synflow", "naswot", "grad_norm", "snip", "flops", "params",
+              "random"}
+
+
+def test_quick_study_runs_resumes_on_a_fresh_machine_and_reports(tmp_path, learnable):
+    out, report = str(tmp_path / "work"), str(tmp_path / "report")
+    r = _study(out, learnable, report=report)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    with open(os.path.join(report, "ranking.json")) as f:
         rep = json.load(f)
-
-    s = rep["settings"]
-    assert (s["bn_epochs"], s["spos_epochs"], s["subnets"], s["width_mult"]) == (2, 2, 4, 0.25)
-    assert rep["config"]["input_size"] == 32 and rep["data"]["source"] == "slice"
-    assert rep["data"]["train_images"] == 100 and rep["data"]["classes"] == 10
+    assert rep["version"] == 2 and rep["settings"]["width_mult"] == 0.25
+    # held-out split: 4 of each class's 24 training images are held out for SPOS scoring
+    assert rep["data"] == dict(source="given", train_images=80, holdout_images=16,
+                               val_images=40, classes=4)
     subs = rep["subnets"]
-    assert len(subs) == 4 and len({tuple(x["arch"]) for x in subs}) == 4
-    assert all(x["flops"] <= rep["flops_limit"] for x in subs)
-    assert [x["flops"] for x in subs] == sorted(x["flops"] for x in subs)
-    assert all(0.0 <= x["top1"] <= 100.0 and x["iters"] == 30 for x in subs)
-
-    expected = {"bn_indicator@1", "bn_indicator@2", "bn_indicator_spos_supernet@2",
-                "spos_accuracy@1", "spos_accuracy@2", "flops", "params", "random"}
-    assert set(rep["predictors"]) == expected
-    for name, p in rep["predictors"].items():
-        assert len(p["scores"]) == 4
-        for stat in ("tau", "rho"):
-            assert p[stat] is not None and -1.0 <= p[stat] <= 1.0, (name, stat, p[stat])
-            lo, hi = p[f"{stat}_ci"]
-            assert -1.0 <= lo <= hi <= 1.0, (name, stat, lo, hi)
-        if name != "flops":
-            assert "tau_minus_flops" in p
-    # FLOPs and params scores are the lookup table's, in the subnets' order.
-    assert rep["predictors"]["flops"]["scores"] == [x["flops"] for x in subs]
-    assert [c["epoch"] for c in rep["curves"]["bn_indicator"]] == [1, 2]
-    assert [c["epoch"] for c in rep["curves"]["spos_accuracy"]] == [1, 2]
-    assert rep["bootstrap"]["resamples"] == 200
-    # Each supernet's per-epoch training loss/top-1 comes from its own metrics log.
-    for mode in ("bn", "spos"):
-        curve = rep["supernet_training"][mode]
-        assert [c["epoch"] for c in curve] == [1, 2], mode
-        assert all(math.isfinite(c["train_loss"]) and 0.0 <= c["train_top1"] <= 100.0
-                   for c in curve)
-    # The quick mode trains one seed: no seed-to-seed reliability to report.
-    assert rep["ground_truth"]["seeds"] == [0] and rep["ground_truth"]["reliability"] is None
-    assert rep["ground_truth"]["warning"] is None
-    assert all(len(x["top1_per_seed"]) == 1 and x["top1_per_seed"][0] == x["top1"]
-               for x in subs)
+    assert len(subs) == 6 and len({tuple(x["arch"]) for x in subs}) == 6
+    under = [x for x in subs if x["stratum"] == "under_limit"]
+    assert len(under) == 3 and all(x["flops"] <= rep["flops_limit"] for x in under)
+    assert all(x["flops"] > rep["flops_limit"] for x in subs if x not in under)
+    assert sum(x["pilot"] for x in subs) == 3
+    # two seeds each, the mean is the ground truth
+    for x in subs:
+        assert len(x["top1_per_seed"]) == 2
+        assert x["top1"] == pytest.approx(sum(x["top1_per_seed"]) / 2)
+    pilot = rep["pilot"]
+    assert [b["iters"] for b in pilot["budgets"]] == [6, 10]
+    assert pilot["chosen_iters"] in (6, 10) and rep["ground_truth"]["iters"] == pilot["chosen_iters"]
+    assert all(b["subnets"] == 3 and b["seconds_per_training"] > 0 for b in pilot["budgets"])
+    assert set(rep["predictor_scores"]) == PREDICTORS
+    for name, p in rep["predictor_scores"].items():
+        assert len(p["scores"]) == 6 and p["seconds_per_candidate"] >= 0, name
+        assert all(math.isfinite(v) for v in p["scores"]), name
+    assert set(rep["strata"]) == {"all", "under_limit"}
+    assert rep["strata"]["all"]["subnets"] == 6 and rep["strata"]["under_limit"]["subnets"] == 3
+    for st in rep["strata"].values():
+        assert set(st["predictors"]) == PREDICTORS
+        for name, p in st["predictors"].items():
+            for stat in ("tau", "rho"):
+                if p[stat] is not None:
+                    assert -1.0 <= p[stat] <= 1.0, (name, stat)
+    # the stratum statistics are over the stratum's subnets only
+    idx = [k for k, x in enumerate(subs) if x["stratum"] == "under_limit"]
+    f = rep["predictor_scores"]["flops"]["scores"]
+    truth = [x["top1"] for x in subs]
+    expected = kendall_tau([f[k] for k in idx], [truth[k] for k in idx])
+    got = rep["strata"]["under_limit"]["predictors"]["flops"]["tau"]
+    assert (got is None and math.isnan(expected)) or got == pytest.approx(expected)
+    for name in ("bn-indicator", "bn-all", "spos"):
+        sv = rep["supernets"][name]
+        assert sv["snapshots"] == [3, 6] and math.isfinite(sv["final_loss"])
+        assert sv["chance_loss"] == pytest.approx(math.log(4)) and sv["curve"]
+    assert rep["conclusion"]["rule"] and set(rep["conclusion"]["strata"]) == set(rep["strata"])
+    assert all(c["verdict"] for c in rep["conclusion"]["strata"].values())
     for name in rep["plots"]:
-        _check_png(os.path.join(out, "report", name))
-    bn_dir = os.path.join(out, rep["folders"]["supernet_bn"])
-    snaps = sorted(n for n in os.listdir(bn_dir) if n.startswith("epoch_"))
-    assert snaps == ["epoch_001.pth.tar", "epoch_002.pth.tar"]
+        _check_png(os.path.join(report, name))
+    # The committed part is small JSON (and plots), never a checkpoint.
+    files = [os.path.join(d, n) for d, _, ns in os.walk(report) for n in ns]
+    assert files and all(n.endswith((".json", ".png")) for n in files)
+    truth_files = [n for n in files if os.sep + "truth" + os.sep in n]
+    # pilot: 3 subnets x 2 seeds x 2 budgets; then all 6 x 2 at the chosen one (3 x 2 reused)
+    assert len(truth_files) == 12 + 12 - 6
 
-    # Rerunning reuses every supernet epoch, subnet and SPOS score: same numbers, no training.
-    again = _study(out)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "epoch 1/2" not in again.stdout and "subnet 1/4" not in again.stdout
-    assert "SPOS scoring" not in again.stdout
-    with open(os.path.join(out, "report", "ranking.json")) as f:
+    # A fresh machine: only the report folder survives. Nothing is trained again.
+    shutil.rmtree(out)
+    again = _study(out, learnable, report=report)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
+    for word in ("subnet ", "supernet BN-only", "supernet SPOS", "SPOS scoring"):
+        assert word not in again.stdout, word
+    with open(os.path.join(report, "ranking.json")) as f:
         rep2 = json.load(f)
-    assert rep2["predictors"] == rep["predictors"] and rep2["subnets"] == rep["subnets"]
-
-    # Other SPOS-scoring settings: only the SPOS scores are recomputed (stage folders are
-    # keyed by what they depend on), supernets and subnets are reused.
-    other = _study(out, "--spos-val-images", "50")
-    assert other.returncode == 0, other.stderr[-2000:]
-    assert "SPOS scoring" in other.stdout and "subnet 1/4" not in other.stdout
-    assert "epoch 1/2" not in other.stdout
-    with open(os.path.join(out, "report", "ranking.json")) as f:
-        rep3 = json.load(f)
-    assert rep3["subnets"] == rep["subnets"]
-    assert rep3["predictors"]["bn_indicator@2"] == rep["predictors"]["bn_indicator@2"]
-    assert rep3["folders"]["subnets"] == rep["folders"]["subnets"]
-    assert rep3["folders"]["spos_scores"] != rep["folders"]["spos_scores"]
+    assert rep2["subnets"] == rep["subnets"] and rep2["strata"] == rep["strata"]
+    assert rep2["predictor_scores"].keys() == rep["predictor_scores"].keys()
 
 
 def test_stage_keys_depend_on_exactly_their_settings():
     base = StudySettings()
-    data_id, config = dict(source="slice"), dict(space="mobilenet")
-    k = stage_keys(base, data_id, config)
-    assert set(k) == {"supernet_bn", "supernet_spos", "subnets", "spos_scores"}
-    assert k["subnets"].startswith("subnets-") and len(set(k.values())) == 4
+    data, config = dict(id=dict(source="slice")), dict(space="mobilenet")
+
+    def keys(st):
+        return dict(truth=budget_key(st, data, config, 100),
+                    bn=supernet_key(st, data, config, "indicator"),
+                    ablation=supernet_key(st, data, config, "all"),
+                    spos=supernet_key(st, data, config, "spos"),
+                    spos_scores=spos_scores_key(st, data, config))
+
+    k = keys(base)
+    assert len(set(k.values())) == 5
     changed = {
-        "subnet_lr": {"subnets", "spos_scores"},
-        "bn_lr": {"supernet_bn"},
-        "spos_lr": {"supernet_spos", "spos_scores"},
-        "supernet_batch": {"supernet_bn", "supernet_spos", "spos_scores"},
-        "truth_seeds": set(),  # more seeds add runs; the seed-0 runs stay valid
-        "bn_epochs": {"supernet_bn"},
-        "subnet_dropout": {"subnets", "spos_scores"},
-        "min_scale": {"supernet_bn", "supernet_spos", "subnets", "spos_scores"},
-        "lighting": {"supernet_bn", "supernet_spos", "subnets", "spos_scores"},
+        "subnet_lr": {"truth"},
+        "subnet_batch": {"truth"},
+        "subnet_dropout": {"truth"},
+        "bn_lr": {"bn", "ablation"},
+        "spos_lr": {"spos", "spos_scores"},
+        "supernet_batch": {"bn", "ablation", "spos", "spos_scores"},
+        "truth_seeds": set(),  # more seeds add runs; the first seeds' runs stay valid
+        "pilot_budgets": set(),
         "spos_val_images": {"spos_scores"},
-        "seed": {"supernet_bn", "supernet_spos", "subnets", "spos_scores"},
+        "spos_bn_batches": {"spos_scores"},
+        "min_scale": {"truth", "bn", "ablation", "spos", "spos_scores"},
+        "lighting": {"truth", "bn", "ablation", "spos", "spos_scores"},
+        "seed": {"bn", "ablation", "spos", "spos_scores"},  # subnets: seeds are per run
     }
     for field, expect in changed.items():
         old = getattr(base, field)
-        other = dataclasses.replace(base, **{field: old * 2 if old else 1})
-        k2 = stage_keys(other, data_id, config)
+        new = "100,200" if isinstance(old, str) else (old * 2 if old else 1)
+        k2 = keys(dataclasses.replace(base, **{field: new}))
         assert {name for name in k if k[name] != k2[name]} == expect, field
-    k3 = stage_keys(base, dict(source="debian"), config)
-    assert all(k3[name] != k[name] for name in k)  # other data: nothing is reused
-    assert stage_keys(base, data_id, config) == k  # deterministic
+    # a longer BN-only run is another run; more snapshots of the same run are not
+    assert keys(dataclasses.replace(base, bn_snapshots="10,24000"))["bn"] == k["bn"]
+    assert keys(dataclasses.replace(base, bn_snapshots="10,30000"))["bn"] != k["bn"]
+    other = dict(id=dict(source="debian"))
+    assert budget_key(base, other, config, 100) != k["truth"]
+    assert keys(base) == k  # deterministic
 
 
-def test_bad_requests_fail_fast_in_one_line(tmp_path):
-    r = _study(str(tmp_path / "s1"), "--flops-limit", "0.1")  # below the cheapest architecture
+def test_bad_requests_fail_fast_in_one_line(tmp_path, learnable):
+    r = _study(str(tmp_path / "s1"), learnable, "--flops-limit", "0.01")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.startswith("error: no architecture fits the FLOPs limit 0.10M")
-    # Failed before training anything.
-    assert not [n for n in os.listdir(tmp_path / "s1") if n.startswith("supernet_")]
-    r = _study(str(tmp_path / "s2"), "--subnets", "2")
+    assert r.stderr.startswith("error: no architecture fits the FLOPs limit 0.01M")
+    assert not os.path.exists(tmp_path / "s1" / "report" / "truth")  # nothing trained
+    r = _study(str(tmp_path / "s2"), learnable, "--subnets-under", "1", "--subnets-over", "1")
     assert r.returncode == 2 and r.stderr.strip() == (
-        "error: --subnets must be >= 3 for a rank correlation, got 2")
+        "error: --subnets-under plus --subnets-over must be >= 3 for a rank correlation")
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -277,6 +303,12 @@ def test_bad_requests_fail_fast_in_one_line(tmp_path):
     ("lighting", -0.1, "--lighting must be >= 0, got -0.1"),
     ("subnet_dropout", 1.0, "--subnet-dropout must be in [0, 1), got 1.0"),
     ("truth_seeds", 0, "--truth-seeds must be >= 1, got 0"),
+    ("pilot_budgets", "10,x", "--pilot-budgets must be a comma-separated list of integers, "
+                              "got '10,x'"),
+    ("bn_snapshots", "0,5", "--bn-snapshots needs positive integers, got '0,5'"),
+    ("ablations", "all,everything", "--ablations: unknown variant 'everything' (known: "
+                                    "indicator, all, indicator+classifier, all+classifier)"),
+    ("tau_target", 2.0, "--tau-target must be in [-1, 1], got 2.0"),
 ])
 def test_settings_name_the_bad_value(field, value, message):
     with pytest.raises(UserError) as e:
@@ -285,30 +317,73 @@ def test_settings_name_the_bad_value(field, value, message):
     StudySettings().check()  # the defaults pass
 
 
-def test_an_interrupted_stage_gets_to_save(tmp_path):
-    """The study's own interruption must not SIGKILL a stage: it gets a SIGTERM to save on."""
+def test_stopping_the_study_lets_each_stage_save(tmp_path):
+    """stop_all sends one SIGTERM to every running stage, which saves; the stage's runner
+    then reports the stop instead of a failure."""
     marker = tmp_path / "saved"
     child = ("import signal, sys, time\n"
              "def save(*_):\n"
              f"    open({str(marker)!r}, 'w').write('ok'); sys.exit(0)\n"
              "signal.signal(signal.SIGTERM, save)\n"
-             "print('ready', flush=True)\n"
+             f"open({str(tmp_path / 'ready')!r}, 'w').close()\n"
              "time.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    stop_gracefully(proc, first_wait=0.1)
-    assert proc.returncode == 0 and marker.read_text() == "ok"
+    opts = RunOptions(out=str(tmp_path), report_dir=str(tmp_path))
+    result = {}
+
+    def runner():
+        try:
+            run_stage("toy", [sys.executable, "-c", child], str(tmp_path),
+                      str(tmp_path / "toy.log"), opts)
+        except StudyStopped:
+            result["stopped"] = True
+
+    t = threading.Thread(target=runner)
+    t.start()
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop_all(wait=30)
+    t.join(30)
+    assert result == {"stopped": True} and marker.read_text() == "ok"
+    with pytest.raises(StudyStopped):  # nothing new starts once stopped
+        run_stage("late", [sys.executable, "-c", "pass"], str(tmp_path),
+                  str(tmp_path / "late.log"), opts)
 
 
-def test_truth_reliability_is_seed_against_seed():
+def test_seed_agreement_and_budget_choice():
     a, b = [40.0, 42.0, 45.0, 41.0, 39.0], [41.0, 44.0, 43.0, 40.0, 38.0]
-    runs = [dict(top1_per_seed=[x, y]) for x, y in zip(a, b)]
-    rel = truth_reliability(runs, resamples=100, seed=0)
-    assert rel["tau"] == pytest.approx(kendall_tau(a, b)) and rel["tau"] == pytest.approx(0.6)
-    assert rel["rho"] == pytest.approx(spearman_rho(a, b))
-    assert rel["mean_abs_diff"] == pytest.approx((1 + 2 + 2 + 1 + 1) / 5)
-    assert truth_reliability([dict(top1_per_seed=[x]) for x in a], 100, 0) is None
-    # tau 0.6 is reliable enough to read predictors against; 0.2 is not, and says so.
-    assert noisy_truth_warning(rel) is None and noisy_truth_warning(None) is None
-    warn = noisy_truth_warning(dict(rel, tau=0.2))
-    assert "tau +0.20" in warn and "mean |difference| 1.4" in warn and "--subnet-epochs" in warn
+    ag = seed_agreement(np.array([a, b]).T, resamples=100, seed=0)
+    assert ag["tau"] == pytest.approx(kendall_tau(a, b)) and ag["tau"] == pytest.approx(0.6)
+    assert ag["rho"] == pytest.approx(spearman_rho(a, b))
+    assert ag["mean_abs_diff"] == pytest.approx((1 + 2 + 2 + 1 + 1) / 5)
+    assert seed_agreement(np.array([a]).T, 100, 0) is None  # one seed: nothing to compare
+
+    def budget(iters, tau):
+        return dict(iters=iters, agreement=None if tau is None else dict(tau=tau))
+
+    assert choose_budget([budget(100, 0.3), budget(300, 0.65), budget(900, 0.8)], 0.6)[0] == 300
+    it, why = choose_budget([budget(100, 0.3), budget(300, None), budget(900, 0.5)], 0.6)
+    assert it == 900 and "no pilot budget reached" in why
+
+
+def _stats(**taus) -> dict:
+    return {name: dict(tau=t, tau_ci=list(ci)) for name, (t, ci) in taus.items()}
+
+
+def test_conclusion_follows_the_rule():
+    bn = "bn_indicator[indicator]@100"
+    works = _stats(**{bn: (0.5, (0.2, 0.7)), "flops": (0.3, (0.0, 0.5)),
+                      "params": (0.4, (0.1, 0.6))})
+    assert conclude(works, bn, [])["verdict"] == "works"
+    below_baseline = _stats(**{bn: (0.35, (0.1, 0.6)), "flops": (0.4, (0.1, 0.6)),
+                               "params": (0.1, (-0.2, 0.4))})
+    assert conclude(below_baseline, bn, [])["verdict"] == "open"  # CI includes 0.4
+    beaten = _stats(**{bn: (-0.1, (-0.4, 0.2)), "flops": (0.5, (0.2, 0.7)),
+                       "params": (0.45, (0.2, 0.7))})
+    c = conclude(beaten, bn, [])
+    assert c["verdict"] == "does not beat the simple baselines" and "+0.50" in c["why"]
+    spanning = _stats(**{bn: (0.1, (-0.2, 0.4)), "flops": (0.05, (-0.2, 0.3)),
+                         "params": (0.0, (-0.3, 0.3))})
+    assert conclude(spanning, bn, [])["verdict"] == "open"
+    c = conclude(works, bn, ["the ground truth's seed-to-seed tau is +0.40 (< 0.6)"])
+    assert c["verdict"] == "works (inconclusive)" and "+0.40" in c["why"]

@@ -27,7 +27,11 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from utils.cli import UserError, main_guard  # noqa: E402
+from utils.checkpoint import check_output_dir  # noqa: E402
+from utils.cli import (INPUT_SIZE_RANGE, WIDTH_MULT_MAX, ArgumentParser,  # noqa: E402
+                       UserError, batch_size_int, finite_float, fraction, int_range,
+                       main_guard, nonneg_float, nonneg_int, positive_int, seed_int,
+                       workers_int)
 from utils.ranking_study import (RunOptions, StudySettings, run_study,  # noqa: E402
                                  summary_lines)
 
@@ -40,17 +44,38 @@ QUICK = dict(input_size=16, width_mult=0.25, train_per_class=20, val_per_class=1
 QUICK_BOOTSTRAP = 200
 
 
+# Parse-time checks of the numeric settings (utils.argtypes: finite, in range, one line);
+# StudySettings.check() then checks how they fit together.
+_COUNT = int_range(0, 10 ** 6)
+TYPES = {
+    "train_per_class": positive_int, "val_per_class": positive_int,
+    "holdout_per_class": nonneg_int, "min_scale": finite_float(0.0, 1.0, lo_open=True),
+    "lighting": nonneg_float, "input_size": int_range(*INPUT_SIZE_RANGE),
+    "width_mult": finite_float(0.0, WIDTH_MULT_MAX, lo_open=True),
+    "supernet_batch": batch_size_int, "bn_lr": nonneg_float, "spos_lr": nonneg_float,
+    "subnets_under": _COUNT, "subnets_over": _COUNT, "pilot_every": positive_int,
+    "tau_target": finite_float(-1.0, 1.0), "subnet_iters": positive_int,
+    "subnet_batch": batch_size_int, "subnet_lr": nonneg_float, "subnet_dropout": fraction,
+    "truth_seeds": int_range(1, 1000), "flops_limit": finite_float(0.0, lo_open=True),
+    "spos_bn_batches": positive_int, "spos_batch": batch_size_int,
+    "spos_val_images": positive_int, "proxy_batch": batch_size_int, "seed": seed_int,
+}
+
+
 def _setting(group, name: str, help: str | None = None, **kw) -> None:
     """--name, with its default (and type) from StudySettings' field of the same name."""
-    default = getattr(StudySettings(), name.replace("-", "_"))
-    if default is not None:
+    field = name.replace("-", "_")
+    default = getattr(StudySettings(), field)
+    if field in TYPES:
+        kw["type"] = TYPES[field]
+    elif default is not None:
         kw.setdefault("type", type(default))
     group.add_argument(f"--{name}", default=default, help=help, **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = StudySettings()
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description="Rank-correlation study of the BN indicator against SPOS scoring, FLOPs, "
                     "params, random and zero-cost proxies, with subnets trained from scratch "
                     "as the ground truth.",
@@ -108,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(g, "subnet-lr")
     _setting(g, "subnet-dropout")
     _setting(g, "truth-seeds", help="trainings per subnet (seeds --seed, --seed+1, ...)")
-    _setting(g, "flops-limit", type=float,
-             help="MFLOPs (default: the search's default limit for this config)")
+    _setting(g, "flops-limit", type=lambda v: parse_limit(v, "flops").millions,
+             help="MFLOPs; a number >= 1e5 is multiply-adds, as in search/ea.py (default: "
+                  "the search's default limit for this config)")
     g = p.add_argument_group("SPOS accuracy scoring and zero-cost proxies")
     _setting(g, "spos-bn-batches", help="training batches for BN recalibration")
     _setting(g, "spos-batch")
@@ -117,12 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(g, "proxy-batch", help="images in the zero-cost proxies' fixed batch")
     g = p.add_argument_group("run")
     _setting(g, "seed")
-    g.add_argument("--bootstrap", type=int, default=None,
+    g.add_argument("--bootstrap", type=int_range(1, 10 ** 7), default=None,
                    help="bootstrap resamples (default 2000; 200 with --quick)")
-    g.add_argument("--parallel", type=int, default=2,
+    g.add_argument("--parallel", type=int_range(1, 256), default=2,
                    help="training processes at once (one per core)")
-    g.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    g.add_argument("--workers", type=int, default=1, help="data loader processes per stage")
+    g.add_argument("--threads", type=int_range(1, 256), default=1,
+                   help="torch threads per process")
+    g.add_argument("--workers", type=workers_int, default=1,
+                   help="data loader processes per stage")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
                    help="device of every stage (one process each)")
     return p
@@ -147,6 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     settings = settings_from_args(args, argv)
+    check_output_dir(args.out, "--out")  # before any work
+    if args.report_dir is not None:
+        check_output_dir(args.report_dir, "--report-dir")
     bootstrap = args.bootstrap or (QUICK_BOOTSTRAP if args.quick else 2000)
     if bootstrap < 1 or args.threads < 1 or args.parallel < 1 or args.workers < 0:
         raise UserError("--bootstrap, --threads and --parallel must be >= 1, --workers >= 0")

@@ -483,8 +483,18 @@ def supernet_key(s: StudySettings, data: dict, config: dict, mode: str) -> str:
                      lighting=s.lighting))
 
 
+def spos_scores_key(s: StudySettings, data: dict, config: dict) -> str:
+    return _key(dict(supernet=supernet_key(s, data, config, "spos"),
+                     bn_batches=s.spos_bn_batches, batch=s.spos_batch,
+                     val_images=s.spos_val_images))
+
+
 def supernet_folder(report_dir: str, name: str, key: str) -> str:
     return os.path.join(report_dir, "supernets", f"{name}-{key}")
+
+
+SNAPSHOT_KEYS = ("kind", "config", "state_dict", "train_all", "trainable", "iter", "epoch",
+                 "seed", "total_iters", "steps_per_epoch", "args")
 
 
 def _snapshot_record(path: str, it: int) -> dict:
@@ -548,23 +558,29 @@ def train_supernet(mode: str, s: StudySettings, data: dict, cfg, opts: RunOption
     cmd += ["--train-all"] if mode == "spos" else ABLATIONS[mode]
     label = "SPOS (--train-all)" if mode == "spos" else f"BN-only ({mode})"
     for it in snaps:
-        record_path = os.path.join(folder, f"iter_{it:06d}.json")
         if recorded(it):
             continue
-        done = int(ckpt.load(live)["iter"]) if os.path.exists(live) else 0
-        if done > it:
-            raise UserError(f"{live} is at iteration {done}, past the snapshot at {it} that "
-                            f"has no record: remove {work} to retrain this supernet")
-        if done < it:
-            opts.log(f"supernet {label}: iterations {done}..{it} of {total} ...")
-            sec = run_stage(f"supernet {label}", cmd + ["--stop-after", str(it - done)], work,
-                            os.path.join(work, "stage.log"), opts)
-            timing.add(f"supernet-{name}-{key}", sec)
+        # A slim copy of the weights at each snapshot (under --out, never committed), so
+        # a snapshot can be scored again after the run has gone past it.
+        snap = os.path.join(work, f"snapshot_{it:06d}.pth.tar")
+        if not os.path.exists(snap):
+            done = int(ckpt.load(live)["iter"]) if os.path.exists(live) else 0
+            if done > it:
+                raise UserError(f"{live} is at iteration {done}, past the snapshot at {it}, "
+                                f"whose weights are gone: remove {work} to retrain this "
+                                f"supernet")
+            if done < it:
+                opts.log(f"supernet {label}: iterations {done}..{it} of {total} ...")
+                sec = run_stage(f"supernet {label}", cmd + ["--stop-after", str(it - done)],
+                                work, os.path.join(work, "stage.log"), opts)
+                timing.add(f"supernet-{name}-{key}", sec)
+            state = ckpt.load(live)
+            ckpt.save_atomic({k: state[k] for k in SNAPSHOT_KEYS if k in state}, snap)
+        record_path = os.path.join(folder, f"iter_{it:06d}.json")
         if not os.path.exists(record_path):
-            rec = _snapshot_record(live, it)
-            ckpt.write_json_atomic(rec, record_path)
+            ckpt.write_json_atomic(_snapshot_record(snap, it), record_path)
         if spos_scoring is not None:
-            spos_scoring(live, it)
+            spos_scoring(snap, it)
     from utils.engine import metrics_path_for
     summary = dict(name=name, mode=mode, key=key, snapshots=snaps, lr=lr,
                    batch=s.supernet_batch, flags=cmd[cmd.index("--device") + 2:],
@@ -628,7 +644,9 @@ class SposScoring:
                             self.data["holdout"], bn_batches=s.spos_bn_batches,
                             batch_size=s.spos_batch, val_images=s.spos_val_images,
                             device=opts.device, seed=s.seed, workers=0,
-                            input_format=sn.input_format, log=lambda m: None)
+                            input_format=sn.input_format, log=lambda m: None,
+                            class_names=sn.classes, resize_mode=sn.resize_mode,
+                            source=f"supernet {checkpoint}")
         scores = [float(v) for v in scorer(self.archs)]
         sec = time.perf_counter() - t0
         self.timing.add("spos-scoring", sec)
@@ -765,7 +783,7 @@ def run_study(s: StudySettings, opts: RunOptions) -> dict:
     budgets = _ints(s.pilot_budgets, "pilot-budgets")
     modes = ["indicator", *[m for m in s.ablation_list() if m != "indicator"]]
     spos_folder = os.path.join(opts.report_dir, "spos_scores",
-                               supernet_key(s, data, cfg.to_dict(), "spos"))
+                               spos_scores_key(s, data, cfg.to_dict()))
     spos_scoring = SposScoring(s, data, a, opts, timing, spos_folder)
 
     pool = ThreadPoolExecutor(max_workers=max(1, opts.parallel))
