@@ -26,14 +26,20 @@ if __package__ in (None, ""):
 import torch
 
 from utils import checkpoint as ckpt
-from utils.cli import UserError, add_space_args, main_guard
+from utils.cli import (ArgumentParser, UserError, add_space_args, batch_size_int, fraction,
+                       main_guard, momentum_float, nonneg_float, nonneg_int, positive_int,
+                       seed_int)
 from utils.data import (DEFAULT_INPUT_FORMAT, DEFAULT_RESIZE_MODE, add_augment_args,
-                        add_data_args, augment_kwargs, build_train_loader, build_val_loader)
+                        add_data_args, augment_kwargs, build_train_loader, build_val_loader,
+                        first_unreadable_image)
 from utils.dist import (DistEnv, add_launcher_args, all_gather_objects, all_reduce_sum, barrier,
-                        cleanup, describe, setup)
-from utils.engine import (Amp, GracefulStop, MetricsLogger, ProgressBar, Timer, add_amp_args,
+                        cleanup, collective_guard, describe, maybe_freeze, setup)
+from utils.engine import (Amp, GracefulStop, LossGuard, MetricsLogger, NonFiniteError,
+                          ProgressBar, Timer, add_amp_args, first_nonfinite,
                           resolve_channels_last, rng_state, seed_everything, set_rng_state)
+from utils.data_identity import check_resume_data, label_map, loader_fingerprint
 from utils.flops import load_table
+from utils.lock import OutputLock
 from utils.spaces import SpaceConfig, get_space
 from utils.subnet_io import (SubnetCheckpoint, arch_from_log, load_subnet_state, published_arch,
                              read_subnet_checkpoint, resolve_config, subnet_state,
@@ -49,7 +55,7 @@ HYPER = ("learning_rate", "momentum", "weight_decay", "decay_params", "grad_clip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description="Retrain a BN-NAS subnet from scratch (or evaluate one with --eval).",
         epilog="Space flags not given come from the search log (--arch-from) or the evaluated "
                "checkpoint, else the ImageNet defaults; --classes then defaults to the number "
@@ -67,14 +73,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    metavar="LOG_DIR",
                    help="retrain the best architecture of this search log; space flags "
                         "not given come from the log")
-    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=1024,
+    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=batch_size_int,
+                   default=1024,
                    help="GLOBAL batch size, split evenly over the processes; validation "
                         "uses the same per-process batch (default: 1024)")
-    p.add_argument("--learning_rate", "--learning-rate", dest="learning_rate", type=float,
+    p.add_argument("--learning_rate", "--learning-rate", dest="learning_rate", type=nonneg_float,
                    default=0.5, help="initial LR, decayed linearly to 0 per iteration "
                                      "(default: 0.5)")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
-    p.add_argument("--weight_decay", "--weight-decay", dest="weight_decay", type=float,
+    p.add_argument("--momentum", type=momentum_float, default=0.9,
+                   help="SGD momentum, [0, 1) (default: 0.9)")
+    p.add_argument("--weight_decay", "--weight-decay", dest="weight_decay", type=nonneg_float,
                    default=4e-5, help="(default: 4e-5) on the parameters --decay-params names")
     p.add_argument("--decay-params", "--decay_params", dest="decay_params", default="conv",
                    choices=("conv", "conv+linear-weight"),
@@ -82,27 +90,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "weights only, what the original's decay group amounts to in its "
                         "retrained network (default); conv+linear-weight = also the "
                         "classifier's weight, as this project did before")
-    p.add_argument("--epochs", type=int, default=240, help="(default: 240)")
-    p.add_argument("--total_iters", "--total-iters", dest="total_iters", type=int, default=None,
+    p.add_argument("--epochs", type=positive_int, default=240, help="(default: 240)")
+    p.add_argument("--total_iters", "--total-iters", dest="total_iters", type=positive_int,
+                   default=None,
                    help="number of iterations; overrides --epochs")
     p.add_argument("--save", default=None,
                    help="run name: outputs go to eval-NAME/ (default NAME: retrain)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--allow-data-change", "--allow_data_change", dest="allow_data_change",
+                   action="store_true",
+                   help="resume although --train_dir is not the data the checkpoint was "
+                        "trained on (images added or removed; the class names must match)")
+    p.add_argument("--seed", type=seed_int, default=0,
                    help="seeds init, data order, augmentation, dropout (default: 0)")
-    p.add_argument("--grad_clip", "--grad-clip", dest="grad_clip", type=float, default=5.0,
+    p.add_argument("--grad_clip", "--grad-clip", dest="grad_clip", type=nonneg_float,
+                   default=5.0,
                    help="clip the gradient norm (0 = off) (default: 5)")
-    p.add_argument("--label_smooth", "--label-smooth", dest="label_smooth", type=float,
+    p.add_argument("--label_smooth", "--label-smooth", dest="label_smooth", type=fraction,
                    default=0.1, help="(default: 0.1)")
-    p.add_argument("--dropout", type=float, default=None,
+    p.add_argument("--dropout", type=fraction, default=None,
                    help="dropout before the classifier (default: the space's, 0.2 mobilenet, "
                         "0.1 shufflenet)")
-    p.add_argument("--report_freq", "--report-freq", dest="report_freq", type=int, default=50,
+    p.add_argument("--report_freq", "--report-freq", dest="report_freq", type=positive_int,
+                   default=50,
                    help="iterations between progress/metrics updates, the only host syncs "
                         "(default: 50)")
-    p.add_argument("--eval-freq", "--eval_freq", dest="eval_freq", type=int, default=None,
+    p.add_argument("--eval-freq", "--eval_freq", dest="eval_freq", type=positive_int,
+                   default=None,
                    help="iterations between validations (default: once per epoch); also at "
                         "the end")
-    p.add_argument("--stop-after", "--stop_after", dest="stop_after", type=int, default=0,
+    p.add_argument("--stop-after", "--stop_after", dest="stop_after", type=nonneg_int,
+                   default=0,
                    help="save and exit after N iterations in this invocation (time-limited "
                         "jobs); rerun to continue")
     p.add_argument("--eval", action="store_true",
@@ -121,18 +138,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unset_space_defaults(p)
     p.set_defaults(input_format=None)
     args = p.parse_args(argv)
-    for name in ("batch_size", "epochs", "report_freq"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    for name in ("total_iters", "eval_freq"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.workers is not None and args.workers < 0:
-        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    # Numeric ranges are checked while parsing (the utils.cli types above).
     if args.model_id is not None and args.arch_from is not None:
         raise UserError("give either --model_id or --arch-from, not both")
-    if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
-        raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
     return args
 
 
@@ -255,10 +263,12 @@ def eval_data_settings(args: argparse.Namespace,
 
 
 def run_eval(args: argparse.Namespace, env: DistEnv) -> int:
-    save_dir = f"eval-{args.save or 'retrain'}"
+    save_dir = save_dir_of(args)
     path = args.eval_resume or os.path.join(save_dir, "best.pth.tar")
     if not args.test_dir:
         raise UserError("--test_dir is required (an ImageFolder directory: <root>/<class>/<image>)")
+    if args.save and env.is_main:  # eval.json goes there: refuse an unwritable place now
+        ckpt.check_output_dir(save_dir, "the --save folder")
     loaded = read_subnet_checkpoint(path)
     arch, cfg, source = choose_arch(args, _count_class_dirs(args.test_dir), loaded)
     space = get_space(cfg)
@@ -271,6 +281,10 @@ def run_eval(args: argparse.Namespace, env: DistEnv) -> int:
     per_rank = max(1, args.batch_size // env.world_size)
     loader = build_val_loader(args.test_dir, cfg.input_size, per_rank, env, args.workers,
                               input_format, classes=cfg.classes, resize_mode=resize_mode)
+    # Labels are the checkpoint's outputs: class folders matched by the names it records
+    # (a subset of its classes is fine), else by position (then all of them are needed).
+    loader.relabel(label_map(loader.classes, class_names_of(loader_raw(loaded)), cfg.classes,
+                             "--test_dir", path))
     amp = Amp(args.amp, env.device)
     channels_last = resolve_channels_last(args.channels_last, env.device)
     net = net.to(env.device)
@@ -332,17 +346,130 @@ def check_resume(state: dict, path: str, cfg: SpaceConfig, arch, run: dict,
             f"{', '.join(f'{k}={old[k]}' for k in changed)})")
 
 
-def report_finished(state: dict, path: str, log: RunLog) -> None:
+def save_dir_of(args: argparse.Namespace) -> str:
+    if args.save is not None and not args.save.strip():
+        raise UserError("--save is empty (an unset variable?): give a run name, or leave "
+                        "the flag out for eval-retrain/")
+    return f"eval-{args.save or 'retrain'}"
+
+
+# Files of eval-NAME/ written atomically (stale temp files of a killed save are removed).
+OUTPUT_FILES = ("checkpoint.pth.tar", "best.pth.tar", "result.json", "metrics.jsonl",
+                "eval.json")
+LOCK_NAME = ".lock"
+
+
+def loader_raw(loaded: SubnetCheckpoint) -> dict:
+    return loaded.raw if loaded.kind == "subnet" else {}
+
+
+def class_names_of(state: dict) -> list[str] | None:
+    names = state.get("classes")
+    return names if isinstance(names, list) and names and all(
+        isinstance(c, str) for c in names) else None
+
+
+def reconcile_best(state: dict, ckpt_path: str, best_path: str, log: RunLog) -> dict:
+    """The best-so-far (top1, top5, iters) to continue with, made consistent with what
+    best.pth.tar holds (rank 0). Writes go best.pth.tar first, then checkpoint.pth.tar;
+    a crash between them leaves best.pth.tar ahead of the checkpoint's record:
+    - the checkpoint is itself the best it records (saved right after that validation)
+      but best.pth.tar holds another iteration or is missing: rewrite best from it;
+    - else best.pth.tar holds a valid state of this run: continue with what it holds
+      (so result.json and the log report that file's iteration and top-1);
+    - else (missing / unreadable, not recreatable): warn and track the best anew."""
+    rec = dict(top1=float(state.get("best_acc_top1", -1.0)),
+               top5=float(state.get("best_acc_top5", 0.0)), iters=int(state.get("best_iters", 0)))
+    have, why = None, "is missing"
+    if os.path.exists(best_path):
+        try:
+            b = ckpt.load(best_path)
+        except UserError as e:
+            b, why = None, f"is unreadable ({e})"
+        if b is not None:
+            if b.get("kind") == "subnet" and b.get("arch") == state.get("arch") and \
+                    b.get("config") == state.get("config") and "iters" in b:
+                have = dict(top1=float(b.get("best_acc_top1", -1.0)),
+                            top5=float(b.get("best_acc_top5", 0.0)), iters=int(b["iters"]))
+            else:
+                why = "is not a checkpoint of this run"
+    if have is not None and (have["iters"], have["top1"]) == (rec["iters"], rec["top1"]):
+        return rec
+    if have is None and rec["iters"] <= 0:
+        return rec  # no validation yet: no best to hold
+    here = int(state.get("iters", -1))
+    if rec["iters"] > 0 and here == rec["iters"] and not state.get("eval_pending"):
+        ckpt.save_atomic(state, best_path)
+        held = "missing" if have is None else f"iteration {have['iters']}"
+        log(f"note: {best_path} held {held}, not the best iteration {rec['iters']} that "
+            f"{ckpt_path} records; rewrote it from the checkpoint (which is that iteration)")
+        return rec
+    if have is not None:
+        log(f"warning: {best_path} holds iteration {have['iters']} (top-1 {have['top1']:.4f}), "
+            f"not iteration {rec['iters']} that {ckpt_path} records as the best (a save was "
+            f"interrupted); continuing with what {best_path} holds")
+        return have
+    log(f"warning: {best_path} {why} and {ckpt_path} (iteration {here}) cannot recreate "
+        f"the best iteration {rec['iters']} it records; the best is tracked anew from the "
+        f"next validation")
+    return dict(top1=-1.0, top5=0.0, iters=0)
+
+
+def result_record(arch, cfg: SpaceConfig, info: dict, iters: int, best: dict,
+                  last_eval: dict, train_time) -> dict:
+    """What result.json holds: the best (as best.pth.tar holds it) and final accuracy."""
+    return dict(arch=list(arch), config=cfg.to_dict(), **info, iters=iters,
+                best_acc_top1=best["top1"], best_acc_top5=best["top5"], best_iters=best["iters"],
+                final_acc_top1=last_eval.get("top1"), final_acc_top5=last_eval.get("top5"),
+                train_time=train_time)
+
+
+def report_finished(state: dict, path: str, log: RunLog, best: dict | None = None) -> None:
     last = state.get("last_eval") or {}
+    best = best or dict(top1=state.get("best_acc_top1", float("nan")),
+                        iters=state.get("best_iters"))
     log(f"{path}: retraining already finished ({state['iters']}/{state['total_iters']} "
-        f"iterations); best valid_acc_top1 {state.get('best_acc_top1', float('nan')):.4f} "
-        f"(iteration {state.get('best_iters')}), final valid_acc_top1 "
+        f"iterations); best valid_acc_top1 {best['top1']:.4f} "
+        f"(iteration {best['iters']}), final valid_acc_top1 "
         f"{last.get('top1', float('nan')):.4f} valid_acc_top5 "
         f"{last.get('top5', float('nan')):.4f}")
 
 
+def check_val_images(val_loader, env: DistEnv) -> int:
+    """Open every validation image's header (each rank its share) before training, so a
+    corrupt one stops the run now, not after the first epoch; returns how many."""
+    samples = val_loader.dataset.samples
+    bad = first_unreadable_image([p for p, _ in samples[env.rank::env.world_size]])
+    found = [m for m in all_gather_objects(bad, env) if m]
+    if found:
+        raise UserError(f"{found[0]} (--test_dir, checked before training)")
+    return len(samples)
+
+
+def fix_result(save_dir: str, state: dict, arch, cfg: SpaceConfig, best: dict,
+               log: RunLog) -> None:
+    """A finished run's result.json, rewritten when it is missing or does not report what
+    best.pth.tar holds (a run killed between its last saves)."""
+    import json
+    path = os.path.join(save_dir, "result.json")
+    want = result_record(arch, cfg, dict(flops=state.get("flops"), params=state.get("params")),
+                         int(state["iters"]), best, state.get("last_eval") or {},
+                         state.get("train_time"))
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        old = None
+    if isinstance(old, dict) and all(old.get(k) == want[k] for k in
+                                     ("iters", "best_acc_top1", "best_iters")):
+        return
+    ckpt.write_json_atomic(want, path)
+    log(f"note: {'wrote the missing' if old is None else 'corrected'} {path} (best top-1 "
+        f"{best['top1']:.4f} at iteration {best['iters']}, as best.pth.tar holds)")
+
+
 def train(args: argparse.Namespace, env: DistEnv) -> int:
-    save_dir = f"eval-{args.save or 'retrain'}"
+    save_dir = save_dir_of(args)
     for flag, value in (("--train_dir", args.train_dir), ("--test_dir", args.test_dir)):
         if not value:
             raise UserError(f"{flag} is required (an ImageFolder directory: "
@@ -366,23 +493,36 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
                                   env, args.workers, input_format, classes=cfg.classes,
                                   resize_mode=resize_mode)
     unknown = [c for c in val_loader.classes if c not in loader.classes]
-    if unknown or val_loader.classes != loader.classes[:len(val_loader.classes)]:
-        # ImageFolder numbers classes by sorted folder name: other folders, other labels.
-        example = unknown[0] if unknown else next(
-            t for v, t in zip(val_loader.classes, loader.classes) if v != t)
-        raise UserError(f"--test_dir and --train_dir have different class folders (e.g. "
-                        f"'{example}'), so their labels would not match")
+    if unknown:
+        raise UserError(f"--test_dir has class folder '{unknown[0]}' that --train_dir lacks, "
+                        f"so its images have no label")
+    # ImageFolder numbers classes by sorted folder name: validation labels follow the
+    # training folder's names (a subset of its classes is fine).
+    val_loader.relabel(label_map(val_loader.classes, loader.classes, cfg.classes,
+                                 "--test_dir", "--train_dir"))
+    # Recorded in every checkpoint: class names (output i = classes[i]) and a fingerprint
+    # of the training data (per-class counts, sha256 of the file list) resuming must match.
+    identity = dict(classes=list(loader.classes),
+                    data=loader_fingerprint(args.train_dir, loader))
     spe = loader.steps_per_epoch
     run = dict(seed=args.seed, batch_size=args.batch_size, steps_per_epoch=spe,
                total_iters=args.total_iters or args.epochs * spe)
     total = run["total_iters"]
     eval_freq = args.eval_freq or spe
     args.dropout = space.default_dropout if args.dropout is None else args.dropout
+    pending = False  # the checkpoint was saved at a validation point it did not validate
     if state is not None:
         check_resume(state, ckpt_path, cfg, arch, run, args, input_format, log, resize_mode)
-        if int(state["iters"]) >= total:
-            report_finished(state, ckpt_path, log)
+        check_resume_data(state.get("data"), identity["data"], ckpt_path,
+                          args.allow_data_change, log)
+        pending = bool(state.get("eval_pending"))
+        if int(state["iters"]) >= total and not pending:
+            best = reconcile_best(state, ckpt_path, best_path, log) if env.is_main else None
+            if env.is_main:
+                fix_result(save_dir, state, arch, cfg, best, log)
+            report_finished(state, ckpt_path, log, best)
             return 0
+    n_checked = check_val_images(val_loader, env)
 
     amp = Amp(args.amp, env.device)
     channels_last = resolve_channels_last(args.channels_last, env.device)
@@ -408,11 +548,14 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
         best = dict(top1=float(state.get("best_acc_top1", -1.0)),
                     top5=float(state.get("best_acc_top5", 0.0)),
                     iters=int(state.get("best_iters", 0)))
+        if env.is_main:  # best.pth.tar and the checkpoint's record of it agree from here
+            best = reconcile_best(state, ckpt_path, best_path, log)
         last_eval = dict(state.get("last_eval") or {})
 
     log(describe_arch(space, arch, cfg, source) + "\n"
         f"data: {len(loader.dataset)} training images, {loader.num_classes} classes, "
-        f"{val_loader.num_samples} validation images; input {input_format}; resize "
+        f"{val_loader.num_samples} validation images (all {n_checked} checked to open); "
+        f"input {input_format}; resize "
         f"{resize_mode}\n"
         f"batch {args.batch_size} global, {loader.batch_size_per_rank} per process; "
         f"{spe} iterations/epoch; {describe(env)}; amp={args.amp}; "
@@ -423,8 +566,13 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
         + (f"resuming from {ckpt_path} at iteration {start}/{total}" if start
            else f"training {total} iterations -> {save_dir}/"))
 
-    logger = MetricsLogger(os.path.join(save_dir, "metrics.jsonl"), env,
-                           tensorboard_dir=os.path.join(save_dir, "tb"))
+    metrics_path = os.path.join(save_dir, "metrics.jsonl")
+    if state is not None and env.is_main:
+        dropped = ckpt.trim_metrics(metrics_path, start)
+        if dropped:
+            log(f"note: dropped {dropped} row(s) of {metrics_path} logged after iteration "
+                f"{start} (the checkpoint's), so they are not logged twice")
+    logger = MetricsLogger(metrics_path, env, tensorboard_dir=os.path.join(save_dir, "tb"))
     bar = ProgressBar(total, env, desc="retrain", initial=start)
     stop = GracefulStop(env)
     it, timer = start, Timer()
@@ -434,7 +582,35 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
     per_rank_batch = loader.batch_size_per_rank
     info = dict(flops=load_table(cfg).flops_of(arch), params=load_table(cfg).params_of(arch))
 
-    def checkpoint_now(write_best: bool = False) -> None:
+    guard = LossGuard(env, start)  # nan/inf losses, watched on the device
+    saved_at = [start if state is not None else None]
+
+    def ensure_finite(weights: bool = False) -> None:
+        """Stop at once on a nan/inf loss (or weights, before validating or saving): a
+        diverged state is never validated, reported or saved (best.pth.tar included)."""
+        bad_it, what = guard.first_bad(), None
+        if bad_it is not None:
+            what = f"the loss is nan or inf at iteration {bad_it + 1}/{total}"
+        elif weights:
+            name = first_nonfinite(trainer.net.state_dict().items(), env)
+            if name is not None:
+                what = f"the weights are nan or inf ({name}) after iteration {it}/{total}"
+        if what is None:
+            return
+        kept = (f"{ckpt_path} keeps iteration {saved_at[0]}, the last good state"
+                if saved_at[0] is not None else "nothing was saved")
+        logger.log(it, event="diverged", reason=what)
+        logger.close()
+        bar.close()
+        log(f"training diverged: {what} ({kept})", echo=False)
+        raise NonFiniteError(f"training diverged: {what} ({kept}); lower --learning_rate "
+                             f"or check the data")
+
+    def checkpoint_now(write_best: bool = False, verified: bool = False,
+                       eval_pending: bool = False) -> None:
+        if not verified:
+            ensure_finite(weights=True)
+        saved_at[0] = it
         rngs = all_gather_objects(rng_state(), env)
         if not env.is_main:
             return
@@ -447,15 +623,41 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
                      best_iters=best["iters"], last_eval=dict(last_eval),
                      rng=rngs[0], rng_per_rank=rngs, args=_saved_args(args),
                      train_time=prior_time + timer.elapsed(), finished=it >= total,
-                     **info, **trainer.state_dict())
-        ckpt.save_atomic(state, ckpt_path)
+                     eval_pending=eval_pending, **identity, **info, **trainer.state_dict())
         if write_best:
+            # best.pth.tar first, then the checkpoint that records it: a crash in between
+            # leaves best ahead of the checkpoint, which reconcile_best sorts out on resume.
             ckpt.save_atomic(state, best_path)
+            ckpt.fault("retrain-after-best")
+        ckpt.save_atomic(state, ckpt_path)
 
     def validate_now() -> EvalResult:
         sync_buffers(trainer.net, env)
         with torch.random.fork_rng(devices=[]):  # see _batches
             return evaluate(trainer.net, val_loader, env, amp=amp, channels_last=channels_last)
+
+    def validate_point() -> None:
+        """Validate iteration `it` (already saved), then save what it found, then log it."""
+        nonlocal best, last_eval
+        ckpt.fault("retrain-validate")
+        res = validate_now()
+        improved = res.top1 > best["top1"]
+        if improved:
+            best = dict(top1=res.top1, top5=res.top5, iters=it)
+        last_eval = dict(top1=res.top1, top5=res.top5, loss=res.loss, iters=it)
+        checkpoint_now(write_best=improved, verified=True)
+        msg = (f"iteration {it}/{total} (epoch {it / spe:.2f}): valid_acc_top1 "
+               f"{res.top1:.4f} valid_acc_top5 {res.top5:.4f} valid_loss "
+               f"{res.loss:.4f}; best top-1 {best['top1']:.4f} at {best['iters']}")
+        bar.write(msg)  # above the bar; the log below then only records it
+        log(msg, echo=bar.bar is None)
+        logger.log(it, valid_acc_top1=res.top1, valid_acc_top5=res.top5,
+                   valid_loss=res.loss, best_acc_top1=best["top1"])
+
+    if pending:
+        log(f"validating iteration {it} first: the previous run saved it but did not "
+            f"finish validating it")
+        validate_point()
 
     with stop:
         while it < total and stopped_by is None:
@@ -463,10 +665,13 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
             loader.set_epoch(epoch, step0)
             for batch in _batches(loader):
                 x, y = loader.prepare(batch, env.device, channels_last)
+                maybe_freeze(env, it)
                 loss, correct = trainer.step(x, y, it)
+                guard.step(loss)
                 sums += torch.stack([loss.float() * per_rank_batch, correct.float()])
                 it += 1
                 if it % args.report_freq == 0 or it == total:
+                    ensure_finite()
                     loss_sum, n_correct = all_reduce_sum(sums.clone(), env).tolist()
                     sums.zero_()
                     n = max(1, (it - window_it) * args.batch_size)
@@ -478,19 +683,11 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
                     bar.set_position(it, **values)
                     logger.log(it, epoch=it / spe, **values)
                 if it % eval_freq == 0 or it == total:
-                    res = validate_now()
-                    improved = res.top1 > best["top1"]
-                    if improved:
-                        best = dict(top1=res.top1, top5=res.top5, iters=it)
-                    last_eval = dict(top1=res.top1, top5=res.top5, loss=res.loss, iters=it)
-                    msg = (f"iteration {it}/{total} (epoch {it / spe:.2f}): valid_acc_top1 "
-                           f"{res.top1:.4f} valid_acc_top5 {res.top5:.4f} valid_loss "
-                           f"{res.loss:.4f}; best top-1 {best['top1']:.4f} at {best['iters']}")
-                    bar.write(msg)  # above the bar; the log below then only records it
-                    log(msg, echo=bar.bar is None)
-                    logger.log(it, valid_acc_top1=res.top1, valid_acc_top5=res.top5,
-                               valid_loss=res.loss, best_acc_top1=best["top1"])
-                    checkpoint_now(write_best=improved)
+                    ensure_finite(weights=True)
+                    # The training work is saved BEFORE validating: a failure while
+                    # validating loses nothing, and the rerun validates this iteration.
+                    checkpoint_now(verified=True, eval_pending=True)
+                    validate_point()
                 if it >= total:
                     break
                 stopped_by = stop.reason(it, start, args.stop_after)
@@ -509,10 +706,7 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
         log(f"stopped by {stopped_by} at iteration {it}/{total}; checkpoint saved to "
             f"{ckpt_path}; rerun the same command to resume")
         return stop.exit_code()
-    result = dict(arch=list(arch), config=cfg.to_dict(), **info, iters=it,
-                  best_acc_top1=best["top1"], best_acc_top5=best["top5"], best_iters=best["iters"],
-                  final_acc_top1=last_eval.get("top1"), final_acc_top5=last_eval.get("top5"),
-                  train_time=prior_time + elapsed)
+    result = result_record(arch, cfg, info, it, best, last_eval, prior_time + elapsed)
     if env.is_main:
         ckpt.write_json_atomic(result, os.path.join(save_dir, "result.json"))
     log(f"finished {total} iterations ({done} in this run, {ips:.1f} images/s); best "
@@ -540,11 +734,27 @@ def _batches(loader):
 @main_guard
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    env = setup(args.local_rank, args.device)
+    env = setup(args.local_rank, args.device, timeout_s=args.dist_timeout)
     try:
-        return run_eval(args, env) if args.eval else train(args, env)
+        with collective_guard(env):
+            if args.eval:
+                return run_eval(args, env)
+            save_dir = save_dir_of(args)
+            if env.is_main:  # before any work: an output folder that cannot be written
+                ckpt.check_output_dir(save_dir, "the --save folder")
+            # One run per eval-NAME/ (rank 0 holds the lock), released however we exit.
+            with OutputLock(os.path.join(save_dir, LOCK_NAME), what=save_dir,
+                            enabled=env.is_main, log=_note):
+                if env.is_main:
+                    ckpt.clean_stale_temps(*(os.path.join(save_dir, n) for n in OUTPUT_FILES),
+                                           log=_note)
+                return train(args, env)
     finally:
         cleanup(env)
+
+
+def _note(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

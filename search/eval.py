@@ -10,8 +10,6 @@ params; for an original SPOS log the score is top-1 % and top-5 % is shown too.
 The first line is what retrain's --arch-from LOG_DIR picks (utils.search_log.best_arch).
 --plot also draws the log (utils.plots.plot_search_log) into the log folder or --plot-dir.
 """
-import argparse
-import json
 import os
 import sys
 
@@ -19,7 +17,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from utils.cli import UserError, main_guard  # noqa: E402
+from utils.checkpoint import dumps_json  # noqa: E402
+from utils.cli import ArgumentParser, UserError, main_guard, positive_int  # noqa: E402
 from utils.search_log import load_log, ranked  # noqa: E402
 
 
@@ -29,10 +28,10 @@ def _m(x) -> str:
 
 @main_guard
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="Print the top architectures of a search log.")
+    p = ArgumentParser(description="Print the top architectures of a search log.")
     p.add_argument("--log-dir", "--log_dir", dest="log_dir", default="log",
                    help="search log folder (or a log file) (default: log)")
-    p.add_argument("--topk", type=int, default=10, help="how many to show (default: 10)")
+    p.add_argument("--topk", type=positive_int, default=10, help="how many to show (default: 10)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: {config, score_kind, flops_limit, top: [...]}")
     p.add_argument("--plot", action="store_true",
@@ -41,15 +40,13 @@ def main(argv=None) -> None:
     p.add_argument("--plot-dir", "--plot_dir", dest="plot_dir", default=None,
                    help="where --plot writes (default: the log folder)")
     args = p.parse_args(argv)
-    if args.topk < 1:
-        raise UserError(f"--topk must be >= 1, got {args.topk}")
     log = load_log(args.log_dir)
     top = ranked(log)[:args.topk]
     for c in top:
         c["arch_str"] = " ".join(map(str, c["arch"]))
     plots, notes = _plot(args, log) if args.plot else ([], [])
     if args.json:
-        print(json.dumps(dict(log_dir=args.log_dir, source=log.get("source"),
+        print(dumps_json(dict(log_dir=args.log_dir, source=log.get("source"),
                               config=log.get("config"), score_kind=log.get("score_kind"),
                               flops_limit=log.get("flops_limit"), top=top,
                               **({"score_note": log["score_note"]} if "score_note" in log

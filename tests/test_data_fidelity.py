@@ -232,7 +232,9 @@ def test_lighting_flag_std_and_zero_disables(tiny_data):
     kw = augment_kwargs(p.parse_args(["--lighting", "0", "--resize_mode", "linear"]))
     assert kw["lighting_std"] == 0.0 and kw["resize_mode"] == "linear"
     with pytest.raises(UserError, match="--lighting must be >= 0"):
-        augment_kwargs(p.parse_args(["--lighting", "-0.1"]))
+        augment_kwargs(argparse.Namespace(**{**vars(p.parse_args([])), "lighting": -0.1}))
+    with pytest.raises(SystemExit):  # the flag itself is refused while parsing
+        p.parse_args(["--lighting", "-0.1"])
     with pytest.raises(SystemExit):
         p.parse_args(["--resize-mode", "cubic"])
 

@@ -22,7 +22,9 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from utils.cli import UserError, main_guard  # noqa: E402
+from utils.checkpoint import check_output_dir  # noqa: E402
+from utils.cli import (UserError, batch_size_int, main_guard, positive_int,  # noqa: E402
+                       seed_int)
 from utils.holdout_split import SUPERNET_BATCH, make_split, summary_lines  # noqa: E402
 
 
@@ -37,14 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train_dir", "--train-dir", dest="train_dir", default=None,
                    help="ImageFolder train set to split (<dir>/<class>/<image>)")
     p.add_argument("--out", default=None, help="output folder: gets train/, holdout/, split.json")
-    p.add_argument("--total", type=int, default=None,
+    p.add_argument("--total", type=positive_int, default=None,
                    help="images to hold out in all, spread evenly over the classes")
-    p.add_argument("--per-class", "--per_class", dest="per_class", type=int, default=None,
+    p.add_argument("--per-class", "--per_class", dest="per_class", type=positive_int,
+                   default=None,
                    help="images to hold out of every class")
-    p.add_argument("--seed", type=int, default=0, help="seeds which images are held out")
+    p.add_argument("--seed", type=seed_int, default=0,
+                   help="seeds which images are held out (0 <= seed < 2**32)")
     p.add_argument("--force", action="store_true",
                    help="replace an existing split in --out (made by this tool) with this one")
-    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int,
+    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=batch_size_int,
                    default=SUPERNET_BATCH,
                    help="global batch for the printed supernet iterations-per-epoch hint")
     return p
@@ -55,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.train_dir is None:
         raise UserError("--train_dir is required (the ImageFolder train set to split)")
+    if args.out is not None:  # empty, a file, under a file, unwritable: refused now
+        check_output_dir(args.out, "--out")
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
     result = make_split(args.train_dir, args.out, total=args.total, per_class=args.per_class,

@@ -9,7 +9,6 @@ resumes, so a second run reuses what is there. Ends with a report and summary.js
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -20,7 +19,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from utils.checkpoint import write_json_atomic  # noqa: E402
+from utils.checkpoint import check_output_dir, write_json_atomic  # noqa: E402
+from utils.cli import ArgumentParser, int_range, main_guard, seed_int  # noqa: E402
 
 # The demo config: small inputs and width, so a 2-core CPU retrains a subnet to >80%.
 DEMO = dict(space="mobilenet", input_size=24, width_mult=0.5, stem_stride=1)
@@ -65,14 +65,17 @@ def _environment(env: dict) -> dict:
                 onednn_max_isa=env.get("ONEDNN_MAX_CPU_ISA", "default"))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+@main_guard
+def main(argv: list[str] | None = None) -> None:
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.path.join(ROOT, "demo_out"), help="output folder")
     p.add_argument("--quick", action="store_true", help="tiny settings (the end-to-end test)")
-    p.add_argument("--nproc", type=int, default=2, help="processes for stage 1 (torchrun)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    p.add_argument("--nproc", type=int_range(1, 64), default=2,
+                   help="processes for stages 1 and 3 (torchrun), 1..64")
+    p.add_argument("--seed", type=seed_int, default=0, help="0 <= seed < 2**32")
+    args = p.parse_args(argv)
     s = QUICK if args.quick else FULL
+    check_output_dir(args.out, "--out")  # before any work: a file or unwritable place fails now
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     py = sys.executable

@@ -2,23 +2,38 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import os
 import sys
 from typing import Callable
 
+from .argtypes import (BATCH_MAX, CLASSES_RANGE, COUNT_MAX, INPUT_SIZE_RANGE,  # noqa: F401
+                       POPULATION_MAX, SEED_MAX, WIDTH_MULT_MAX, WORKERS_MAX, ArgumentParser,
+                       batch_size_int, finite_float, fraction, int_range, momentum_float,
+                       nonempty_str, nonneg_float, nonneg_int, population_int, positive_int,
+                       probability, seed_int, workers_int)
 from .spaces import ArchError, ConfigError, make_config, parse_skips
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class UserError(Exception):
-    """A problem with the user's input: printed as one line, exit code 2."""
+    """A problem with the user's input: printed as one line, exit code 2.
+
+    Subclasses may set another `exit_code` (e.g. a diverged training run, a peer that
+    stopped answering); main_guard exits with it.
+    """
+
+    exit_code = 2
 
 
 # Errors that are the user's to fix: reported without a traceback.
 USER_ERRORS = (UserError, ArchError, ConfigError, FileNotFoundError, NotADirectoryError,
                IsADirectoryError, PermissionError)
+# OSErrors of the disk itself (full, over quota, read-only): reported in one line too.
+DISK_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EROFS", "EFBIG")
+                        if hasattr(errno, n))
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -37,7 +52,14 @@ def main_guard(fn: Callable) -> Callable:
             msg = str(e)
             if isinstance(e, OSError) and e.filename and e.strerror:
                 msg = f"{e.strerror}: {e.filename}"
-            fail(msg.splitlines()[0] if msg else type(e).__name__)
+            fail(msg.splitlines()[0] if msg else type(e).__name__,
+                 getattr(e, "exit_code", 2))
+        except OSError as e:
+            # A full, read-only or over-quota disk is the user's to fix: one line too.
+            if e.errno not in DISK_ERRNOS:
+                raise
+            where = f" ({e.filename})" if e.filename else ""
+            fail(f"{e.strerror or e}{where}")
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
@@ -49,11 +71,12 @@ def add_space_args(parser: argparse.ArgumentParser, classes_default: int | None 
     g = parser.add_argument_group("search space")
     g.add_argument("--space", default="mobilenet", choices=["mobilenet", "shufflenet"],
                    help="search space (default: mobilenet, the published one)")
-    g.add_argument("--input-size", "--input_size", type=int, default=224, dest="input_size",
-                   help="input resolution (default: 224)")
-    g.add_argument("--width-mult", "--width_mult", type=float, default=1.0, dest="width_mult",
+    g.add_argument("--input-size", "--input_size", type=int_range(*INPUT_SIZE_RANGE),
+                   default=224, dest="input_size", help="input resolution (default: 224)")
+    g.add_argument("--width-mult", "--width_mult", default=1.0, dest="width_mult",
+                   type=finite_float(0.0, WIDTH_MULT_MAX, lo_open=True),
                    help="channel width multiplier (default: 1.0)")
-    g.add_argument("--classes", type=int, default=classes_default,
+    g.add_argument("--classes", type=int_range(*CLASSES_RANGE), default=classes_default,
                    help="number of classes" + (f" (default: {classes_default})"
                                                if classes_default else " (default: from data)"))
     g.add_argument("--stem-stride", "--stem_stride", type=int, default=2, dest="stem_stride",

@@ -107,7 +107,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from utils.cli import UserError
+from utils.cli import UserError, finite_float, nonneg_float, workers_int
 
 INPUT_FORMATS = ("rgb", "bgr255")
 # rgb: ImageNet mean/std normalised RGB (torchvision convention, the default);
@@ -179,7 +179,7 @@ def default_workers(cap: int = 8) -> int:
 
 def add_data_args(parser: argparse.ArgumentParser, workers_default: int | None = None) -> None:
     """--workers (None = `default_workers()`, resolved by the loader builders) and --input-format."""
-    parser.add_argument("--workers", type=int, default=workers_default,
+    parser.add_argument("--workers", type=workers_int, default=workers_default,
                         help="data loader worker processes per process (default: the CPUs "
                              "available to it, at most 8)")
     parser.add_argument("--input-format", "--input_format", default=DEFAULT_INPUT_FORMAT,
@@ -198,10 +198,11 @@ def add_data_args(parser: argparse.ArgumentParser, workers_default: int | None =
 def add_augment_args(parser: argparse.ArgumentParser) -> None:
     """Training augmentation knobs; the defaults are the ImageNet recipe of docs/method.md."""
     g = parser.add_argument_group("augmentation")
-    g.add_argument("--min-scale", "--min_scale", dest="min_scale", type=float, default=0.08,
+    g.add_argument("--min-scale", "--min_scale", dest="min_scale", default=0.08,
+                   type=finite_float(0.0, 1.0, lo_open=True),
                    help="smallest crop area fraction of the random resized crop (default: "
                         "0.08; small, already-centred images such as the demo's want ~0.35)")
-    g.add_argument("--lighting", type=float, default=0.1,
+    g.add_argument("--lighting", type=nonneg_float, default=0.1,
                    help="std of the PCA lighting noise, 0 disables it (default: 0.1)")
     g.add_argument("--square-crop", "--square_crop", dest="square_crop", action="store_true",
                    help="crop at aspect 1 as the reference did (default: 3/4-4/3)")
@@ -209,10 +210,10 @@ def add_augment_args(parser: argparse.ArgumentParser) -> None:
 
 def augment_kwargs(args: argparse.Namespace) -> dict:
     """build_train_loader keyword arguments from add_augment_args' flags."""
-    if not 0 < args.min_scale <= 1:
+    if not 0 < args.min_scale <= 1:  # (nan fails both comparisons)
         raise UserError(f"--min-scale must be in (0, 1], got {args.min_scale}")
-    if args.lighting < 0:
-        raise UserError(f"--lighting must be >= 0, got {args.lighting}")
+    if not args.lighting >= 0 or not math.isfinite(args.lighting):
+        raise UserError(f"--lighting must be >= 0 and finite, got {args.lighting}")
     return dict(min_scale=args.min_scale, lighting_std=args.lighting,
                 crop_ratio=(1.0, 1.0) if args.square_crop else CROP_RATIO,
                 resize_mode=getattr(args, "resize_mode", None) or DEFAULT_RESIZE_MODE)
@@ -756,6 +757,33 @@ class ValLoader(_Loader):
     @property
     def num_samples(self) -> int:
         return len(self.dataset)
+
+    def relabel(self, mapping: Sequence[int] | None) -> None:
+        """Label folder k's images mapping[k] (e.g. a checkpoint's output index of that
+        class, matched by name: utils.data_identity.label_map); call before iterating."""
+        if mapping is not None:
+            self.dataset.samples = [(p, int(mapping[y])) for p, y in self.dataset.samples]
+
+
+def first_unreadable_image(paths: Sequence[str], threads: int = 8) -> str | None:
+    """Open every image's header (PIL, no pixel decoding: cheap); the one-line message of
+    the first that cannot be opened, in `paths` order, or None when all open."""
+    def check(path: str) -> str | None:
+        try:
+            with Image.open(path):
+                return None
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
+            return str(_bad_image(path, e))
+
+    if len(paths) < 64:
+        results = map(check, paths)
+        return next((r for r in results if r is not None), None)
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for r in pool.map(check, paths, chunksize=64):
+            if r is not None:
+                return r
+    return None
 
 
 def _num_classes(folder, classes: int | None, what: str) -> int:

@@ -11,7 +11,6 @@ ImageFolder tree, and can regenerate the slice from the Debian files.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import io
@@ -34,6 +33,8 @@ if __package__ in (None, ""):
 
 import numpy as np
 from PIL import Image
+
+from utils.argtypes import WORKERS_MAX, ArgumentParser, int_range, nonempty_str, seed_int
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SLICE_PATH = REPO_ROOT / "data" / "fashion_mnist" / "fashion_mnist_slice.npz"
@@ -357,38 +358,38 @@ def describe(summary: dict) -> str:
 
 # ---------------------------------------------------------------- CLI
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage dump
-        self.exit(2, f"{self.prog}: error: {message}\n")
+_Parser = ArgumentParser  # one line (`error: ...`), exit code 2, no usage dump
+_positive = int_range(1, 10 ** 9)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+def _path(text: str) -> Path:
+    """A non-empty path (Path("") would silently mean the current folder)."""
+    return Path(nonempty_str(text))
+
+
+_path.__name__ = "path"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="demo_data",
                 description="Write Fashion-MNIST as an RGB ImageFolder tree "
                             "(train/ and val/), or regenerate the committed slice.")
-    p.add_argument("--out", type=Path, help="destination directory for the ImageFolder tree")
-    p.add_argument("--size", type=_positive, default=32, help="output side length in pixels (default 32)")
+    p.add_argument("--out", type=_path, help="destination directory for the ImageFolder tree")
+    p.add_argument("--size", type=int_range(1, 1024), default=32,
+                   help="output side length in pixels, 1..1024 (default 32)")
     p.add_argument("--train-per-class", type=_positive, default=None,
                    help="train images per class (default: all in the source)")
     p.add_argument("--val-per-class", type=_positive, default=None,
                    help="val images per class (default: all in the source)")
     p.add_argument("--source", choices=("slice", "debian", "auto"), default="auto",
                    help="slice = committed npz, debian = full dataset-fashion-mnist package, auto = slice")
-    p.add_argument("--seed", type=int, default=0, help="seed for per-class subsampling (default 0)")
-    p.add_argument("--workers", type=_positive, default=None, help="PNG writer processes (default: min(8, CPUs))")
-    p.add_argument("--debian-dir", type=Path, default=None,
+    p.add_argument("--seed", type=seed_int, default=0,
+                   help="seed for per-class subsampling, 0 <= seed < 2**32 (default 0)")
+    p.add_argument("--workers", type=int_range(1, WORKERS_MAX), default=None,
+                   help="PNG writer processes (default: min(8, CPUs))")
+    p.add_argument("--debian-dir", type=_path, default=None,
                    help=f"directory with the idx .gz files (default ${DEBIAN_DIR_ENV} or {DEBIAN_DIR})")
-    p.add_argument("--slice-path", type=Path, default=SLICE_PATH,
+    p.add_argument("--slice-path", type=_path, default=SLICE_PATH,
                    help="npz slice to read, or to write with --make-slice")
     p.add_argument("--make-slice", action="store_true",
                    help="regenerate the slice npz (600 train / 200 val per class) from the Debian files")
@@ -407,10 +408,10 @@ def main(argv: list[str] | None = None) -> int:
                                  seed=args.seed, workers=args.workers)
             print(describe(summary))
     except DemoDataError as exc:
-        print(f"demo_data: error: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"demo_data: error: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("demo_data: interrupted; nothing was left half-written", file=sys.stderr)

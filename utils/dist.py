@@ -13,9 +13,16 @@ Backend: NCCL when the process drives a CUDA device, gloo on CPU.
 
 Public API (stable; add, don't break):
 
-    add_launcher_args(parser)              # --local_rank / --local-rank (hidden)
-    env = setup(local_rank=None, device="auto")   -> DistEnv
-        DistEnv: rank, world_size, local_rank, device, backend, distributed, is_main
+    add_launcher_args(parser)              # --local_rank / --local-rank (hidden), --dist-timeout
+    env = setup(local_rank=None, device="auto", timeout_s=None)   -> DistEnv
+        DistEnv: rank, world_size, local_rank, device, backend, distributed, is_main,
+        timeout_s (the collective timeout in force)
+    resolve_timeout(backend, seconds=None) -> seconds: the flag, else $BNNAS_DIST_TIMEOUT,
+        else DEFAULT_TIMEOUT_S[backend] (gloo 300 s, nccl 1800 s)
+    with collective_guard(env): ...        # a collective that timed out -> PeerTimeoutError:
+                                           # one line naming the rank(s) that stopped answering
+    all_reduce_min_int(value, env) -> int  # over the CPU side group
+    maybe_freeze(env, it)                  # test hook: BNNAS_TEST_FREEZE_RANK/_ITER
     cleanup(env)                           # destroy the process group (idempotent)
     barrier(env)
     all_reduce_sum(tensor, env)  -> tensor      # in place, returns it
@@ -30,8 +37,12 @@ Public API (stable; add, don't break):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Iterable, Sequence
@@ -39,7 +50,25 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.distributed as dist
 
-from utils.cli import UserError
+from utils.cli import UserError, finite_float, nonneg_int
+
+# Collective timeout (seconds): --dist-timeout, else this environment variable, else the
+# backend's default. A frozen peer then stops the job after this long instead of torch's
+# 30 minutes; CPU (gloo) steps are short, so 5 minutes is plenty there, while NCCL keeps
+# torch's 30 minutes (first steps compile kernels, checkpoints of big models are slow).
+DIST_TIMEOUT_ENV = "BNNAS_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = {"gloo": 300.0, "nccl": 1800.0}
+TIMEOUT_MAX_S = 7 * 24 * 3600.0
+timeout_seconds = finite_float(0.0, TIMEOUT_MAX_S, lo_open=True)
+# Test hook: the rank BNNAS_TEST_FREEZE_RANK stops answering (sleeps forever) when it
+# reaches iteration BNNAS_TEST_FREEZE_ITER (default 1) of a training loop.
+FREEZE_RANK_ENV, FREEZE_ITER_ENV = "BNNAS_TEST_FREEZE_RANK", "BNNAS_TEST_FREEZE_ITER"
+
+
+class PeerTimeoutError(UserError):
+    """A collective timed out: some rank stopped answering (one line, exit code 4)."""
+
+    exit_code = 4
 
 
 @dataclass
@@ -54,6 +83,8 @@ class DistEnv:
     # A gloo group for tiny control messages (stop flags), so that agreeing on them never
     # waits for the GPU stream; None on a single process.
     control_group: Any = None
+    timeout_s: float | None = None  # the collective timeout of the process group
+    freeze_at: int | None = None  # test hook (FREEZE_RANK_ENV): iteration to freeze at
 
     @property
     def distributed(self) -> bool:
@@ -65,9 +96,35 @@ class DistEnv:
 
 
 def add_launcher_args(parser: argparse.ArgumentParser) -> None:
-    """Accept what the legacy launcher appends; both spellings land in args.local_rank."""
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+    """Accept what the legacy launcher appends (both spellings land in args.local_rank),
+    and --dist-timeout."""
+    parser.add_argument("--local_rank", "--local-rank", type=nonneg_int, default=None,
                         dest="local_rank", help=argparse.SUPPRESS)
+    parser.add_argument("--dist-timeout", "--dist_timeout", dest="dist_timeout",
+                        type=timeout_seconds, default=None, metavar="SECONDS",
+                        help=f"multi-process runs: seconds a collective may wait for the "
+                             f"other processes before the job stops, naming the rank that "
+                             f"stopped answering (default: ${DIST_TIMEOUT_ENV}, else "
+                             f"{DEFAULT_TIMEOUT_S['gloo']:g} on CPU/gloo, "
+                             f"{DEFAULT_TIMEOUT_S['nccl']:g} on GPU/NCCL)")
+
+
+def resolve_timeout(backend: str, seconds: float | None = None) -> float:
+    """The collective timeout: `seconds`, else $BNNAS_DIST_TIMEOUT, else the backend's."""
+    if seconds is None:
+        text = os.environ.get(DIST_TIMEOUT_ENV, "")
+        if text.strip():
+            try:
+                seconds = timeout_seconds(text)
+            except argparse.ArgumentTypeError as e:
+                raise UserError(f"environment variable {DIST_TIMEOUT_ENV}={text!r}: {e}") \
+                    from None
+    if seconds is None:
+        seconds = DEFAULT_TIMEOUT_S.get(backend, DEFAULT_TIMEOUT_S["nccl"])
+    if not 0 < float(seconds) <= TIMEOUT_MAX_S:
+        raise UserError(f"--dist-timeout must be in (0, {TIMEOUT_MAX_S:g}] seconds, "
+                        f"got {seconds}")
+    return float(seconds)
 
 
 def _env_int(name: str) -> int | None:
@@ -102,11 +159,12 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
 
 
 def setup(local_rank: int | None = None, device: str = "auto",
-          timeout_minutes: float = 30.0) -> DistEnv:
+          timeout_minutes: float | None = None, timeout_s: float | None = None) -> DistEnv:
     """Read the launcher's environment, pick the device, start the process group.
 
     `local_rank` is the value the legacy launcher passed on the command line (if any);
-    torchrun's LOCAL_RANK environment variable wins when both are present.
+    torchrun's LOCAL_RANK environment variable wins when both are present. The collective
+    timeout is `timeout_s` (or `timeout_minutes`), else `resolve_timeout`'s default.
     """
     world = _env_int("WORLD_SIZE") or 1
     rank = _env_int("RANK") or 0
@@ -123,13 +181,119 @@ def setup(local_rank: int | None = None, device: str = "auto",
     env = DistEnv(rank=rank, world_size=world, local_rank=local, device=dev)
     if world > 1:
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        kwargs: dict[str, Any] = dict(backend=backend, timeout=timedelta(minutes=timeout_minutes))
+        if timeout_s is None and timeout_minutes is not None:
+            timeout_s = 60.0 * float(timeout_minutes)
+        env.timeout_s = resolve_timeout(backend, timeout_s)
+        timeout = timedelta(seconds=env.timeout_s)
+        kwargs: dict[str, Any] = dict(backend=backend, timeout=timeout)
         if dev.type == "cuda":
             kwargs["device_id"] = dev  # lets NCCL bind the communicator eagerly
         dist.init_process_group(**kwargs)
         env.backend = backend
-        env.control_group = dist.new_group(backend="gloo") if backend != "gloo" else None
+        env.control_group = (dist.new_group(backend="gloo", timeout=timeout)
+                             if backend != "gloo" else None)
+        env.freeze_at = _freeze_iteration(rank)
     return env
+
+
+# ---- a peer that stops answering ------------------------------------------------------
+
+def _freeze_iteration(rank: int) -> int | None:
+    text = os.environ.get(FREEZE_RANK_ENV, "")
+    if not text.strip() or text.strip() != str(rank):
+        return None
+    return int(os.environ.get(FREEZE_ITER_ENV, "1") or 1)
+
+
+def maybe_freeze(env: DistEnv, it: int) -> None:
+    """Test hook: the rank named by BNNAS_TEST_FREEZE_RANK stops answering at iteration
+    BNNAS_TEST_FREEZE_ITER (sleeps forever; SIGTERM, e.g. from torchrun, still ends it)."""
+    if env.freeze_at is None or it != env.freeze_at:
+        return
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, signal.SIG_DFL)
+    print(f"rank {env.rank}: {FREEZE_RANK_ENV}: freezing at iteration {it}", file=sys.stderr,
+          flush=True)
+    while True:
+        time.sleep(3600)
+
+
+# How a timed-out collective reads: gloo ("Timed out waiting 20000ms for recv operation"),
+# the c10d store ("... timeout"), NCCL's watchdog ("Watchdog caught collective operation
+# timeout"), DDP ("... timed out"). Other errors pass through unchanged.
+_TIMEOUT_MARKS = ("timed out", "timeout", "time out")
+
+
+def _is_collective_timeout(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    if "dataloader" in text:  # the data loader's own timeout is not a peer's
+        return False
+    return any(m in text for m in _TIMEOUT_MARKS)
+
+
+def _silent_ranks(env: DistEnv, grace_s: float) -> list[int] | None:
+    """Ranks that do not report within `grace_s` after this one timed out: every rank that
+    is alive times out in the same collective and reports through the rendezvous store,
+    so the missing ones are those that stopped answering. None: the store did not answer."""
+    result: list = []
+
+    def ask() -> None:
+        try:
+            store = dist.distributed_c10d._get_default_store()
+            try:
+                store.set_timeout(timedelta(seconds=max(1.0, grace_s)))
+            except Exception:  # noqa: BLE001 - older stores: keep their timeout
+                pass
+            store.set(f"bnnas/timed_out/{env.rank}", str(time.time()))
+            others = [r for r in range(env.world_size) if r != env.rank]
+            deadline = time.monotonic() + grace_s
+            missing = others
+            while True:
+                missing = [r for r in others if not store.check([f"bnnas/timed_out/{r}"])]
+                if not missing or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.2)
+            result.append(missing)
+        except Exception:  # noqa: BLE001 - the store is gone too
+            pass
+
+    t = threading.Thread(target=ask, daemon=True)
+    t.start()
+    t.join(grace_s + 5.0)
+    return result[0] if result else None
+
+
+def timeout_message(env: DistEnv, exc: BaseException | None = None) -> str:
+    """One line: which rank timed out, after how long, and which peer(s) stopped answering."""
+    timeout = env.timeout_s or 0.0
+    grace = min(30.0, max(3.0, 0.2 * timeout))
+    silent = _silent_ranks(env, grace) if env.distributed else []
+    head = (f"rank {env.rank}: a collective operation timed out after {timeout:g} s "
+            f"(--dist-timeout / ${DIST_TIMEOUT_ENV})")
+    if silent is None:
+        who = ("the rendezvous store does not answer either: its host (rank 0 or the "
+               "launcher) stopped answering or died")
+    elif silent:
+        names = ", ".join(str(r) for r in silent)
+        who = (f"rank{'s' if len(silent) > 1 else ''} {names} stopped answering (no report "
+               f"within {grace:g} s; the other ranks timed out waiting too)")
+    else:
+        who = ("every rank reported the timeout, so none is frozen: the ranks are in "
+               "different collectives, or a step takes longer than the timeout (raise it)")
+    return f"{head}: {who}"
+
+
+@contextlib.contextmanager
+def collective_guard(env: DistEnv):
+    """Turn a timed-out collective into PeerTimeoutError (one line naming the silent rank)."""
+    try:
+        yield
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - gloo/c10d raise RuntimeError subclasses
+        if not env.distributed or not _is_collective_timeout(e):
+            raise
+        raise PeerTimeoutError(timeout_message(env, e)) from None
 
 
 def cleanup(env: DistEnv) -> None:
@@ -156,6 +320,15 @@ def all_reduce_mean(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor.div_(env.world_size)
     return tensor
+
+
+def all_reduce_min_int(value: int, env: DistEnv) -> int:
+    """The smallest `value` over the ranks (a CPU tensor over gloo: no GPU sync)."""
+    if not env.distributed:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=env.control_group)
+    return int(t.item())
 
 
 def all_reduce_max_flag(flag: bool, env: DistEnv) -> bool:
@@ -228,7 +401,9 @@ def describe(env: DistEnv) -> str:
 
 
 __all__ = ["DistEnv", "add_launcher_args", "setup", "cleanup", "barrier", "all_reduce_sum",
-           "all_reduce_mean", "all_reduce_max_flag", "average_gradients", "broadcast_tensors",
+           "all_reduce_mean", "all_reduce_max_flag", "all_reduce_min_int", "resolve_timeout",
+           "collective_guard", "timeout_message", "maybe_freeze", "PeerTimeoutError",
+           "DIST_TIMEOUT_ENV", "DEFAULT_TIMEOUT_S", "average_gradients", "broadcast_tensors",
            "broadcast_object",
            "all_gather_objects", "rank0_print", "describe"]
 

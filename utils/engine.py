@@ -18,7 +18,13 @@ Public API (stable; add, don't break):
     ProgressBar(total, env, desc, initial=0)  # rank-0 tqdm; .update(n, **postfix);
                                            # .set_position(i, **postfix); .write(s); .close()
     MetricsLogger(path, env, tensorboard_dir=None)  # rank-0 JSONL (+ TensorBoard scalars
-                                           # when the `tensorboard` package imports)
+                                           # when the `tensorboard` package imports);
+                                           # nan/inf are written as null (+ "nonfinite")
+    LossGuard(env, start_it)               # nan/inf loss watch: .step(loss) no sync;
+                                           # .first_bad() -> 0-based iteration or None
+                                           # (one sync, agreed over ranks)
+    first_nonfinite(named_tensors, env) -> name of a nan/inf tensor or None (agreed)
+    NonFiniteError                         # UserError, exit code 3: training diverged
         .log(step, **scalars); .close()
     metrics_path_for(checkpoint_path) -> "<stem>.metrics.jsonl" beside the checkpoint
     seed_everything(seed, rank=0)
@@ -33,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import random
@@ -46,6 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.checkpoint import dumps_json
 from utils.cli import UserError
 
 AMP_MODES = ("none", "fp16", "bf16")
@@ -251,7 +257,8 @@ class MetricsLogger:
             return
         record = {"step": int(step), "time": round(time.time(), 3)}
         record.update({k: _jsonable(v) for k, v in scalars.items()})
-        self.file.write(json.dumps(record) + "\n")
+        # Non-finite values are written as null plus a "nonfinite" entry naming them.
+        self.file.write(dumps_json(record) + "\n")
         if self.tb is not None:
             for k, v in scalars.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -269,8 +276,6 @@ class MetricsLogger:
 def _jsonable(v: Any) -> Any:
     if torch.is_tensor(v):
         v = v.tolist()
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
     if isinstance(v, (np.integer, np.floating)):
         return v.item()
     return v
@@ -429,10 +434,76 @@ class Timer:
         return time.perf_counter() - self.start
 
 
+class NonFiniteError(UserError):
+    """Training diverged (a nan/inf loss or weights): one line, exit code 3."""
+
+    exit_code = 3
+
+
+class LossGuard:
+    """Watch the training loss for nan/inf without a host sync per step.
+
+    `step(loss)` only queues two tiny device ops: `acc += loss * 0` (0 while every loss
+    is finite, nan from the first one that is not: inf * 0 is nan) and `good +=
+    isfinite(acc)` (how many steps of the window came before the first bad one).
+    `first_bad()` reads both once, agrees over the ranks (the smallest bad iteration of
+    any rank, so every rank stops at the same point) and starts a new window; call it
+    before every report and every save, so a save never follows a non-finite loss.
+    """
+
+    NONE = 2 ** 62
+
+    def __init__(self, env, start_it: int):
+        self.env = env
+        self.acc = torch.zeros((), dtype=torch.float32, device=env.device)
+        self.good = torch.zeros((), dtype=torch.int64, device=env.device)
+        self.window_start = int(start_it)
+        self.pending = 0
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.acc.add_(loss.detach().float().mul(0.0))
+        self.good.add_(torch.isfinite(self.acc))
+        self.pending += 1
+
+    def first_bad(self) -> int | None:
+        """0-based iteration of the first non-finite loss since the last call, or None."""
+        if self.pending == 0:  # the same on every rank: nothing to agree on
+            return None
+        good = int(self.good.item())
+        bad = self.window_start + good if good < self.pending else self.NONE
+        from utils.dist import all_reduce_min_int
+        bad = all_reduce_min_int(bad, self.env)
+        self.acc.zero_()
+        self.good.zero_()
+        self.window_start += self.pending
+        self.pending = 0
+        return None if bad >= self.NONE else bad
+
+
+def first_nonfinite(named: Iterable[tuple[str, torch.Tensor]], env=None) -> str | None:
+    """Name of the first floating tensor holding nan/inf (one host sync), else None.
+
+    With `env`, the ranks agree: a rank whose tensors are all finite gets "(on another
+    rank)" when some other rank's are not, so every rank can stop together.
+    """
+    items = [(n, t) for n, t in named if torch.is_tensor(t) and t.is_floating_point()]
+    bad = None
+    if items:
+        with torch.no_grad():
+            ok = torch.stack([torch.isfinite(t).all() for _, t in items]).tolist()
+        bad = next((n for (n, _), f in zip(items, ok) if not f), None)
+    if env is not None and getattr(env, "distributed", False):
+        from utils.dist import all_reduce_max_flag
+        if all_reduce_max_flag(bad is not None, env) and bad is None:
+            bad = "(on another rank)"
+    return bad
+
+
 __all__ = ["AMP_MODES", "add_amp_args", "resolve_channels_last", "Amp", "LinearSchedule",
            "topk_correct", "accuracy", "DeviceMeter", "ProgressBar", "MetricsLogger",
            "metrics_path_for", "seed_everything", "rng_state", "set_rng_state",
-           "GracefulStop", "param_groups_no_bn_decay", "DECAY_POLICIES", "Timer"]
+           "GracefulStop", "param_groups_no_bn_decay", "DECAY_POLICIES", "Timer",
+           "NonFiniteError", "LossGuard", "first_nonfinite"]
 
 
 class TrainerState:

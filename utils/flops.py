@@ -16,9 +16,11 @@ if __package__ in (None, ""):  # run as a script: make `utils` importable
     __package__ = "utils"
 
 import argparse
+import hashlib
 import json
 import os
-import tempfile
+import random
+import sys
 from typing import Sequence
 
 import numpy as np
@@ -117,11 +119,13 @@ class FlopsTable:
         return cls(_table_key(cfg), stem_f + head_f, stem_p + head_p, flops, params, entries)
 
     def to_json(self) -> dict:
-        return dict(version=TABLE_VERSION, key=self.key, base_flops=self.base_flops,
-                    base_params=self.base_params, layers=[
-                        dict(**e, flops=self.flops[i, :-1].tolist(),
-                             params=self.params[i, :-1].tolist())
-                        for i, e in enumerate(self.entries)])
+        d = dict(version=TABLE_VERSION, key=self.key, base_flops=self.base_flops,
+                 base_params=self.base_params, layers=[
+                     dict(**e, flops=self.flops[i, :-1].tolist(),
+                          params=self.params[i, :-1].tolist())
+                     for i, e in enumerate(self.entries)])
+        d["sha256"] = _checksum(d)  # checked on load: an edited entry is caught
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "FlopsTable":
@@ -132,11 +136,8 @@ class FlopsTable:
         return cls(d["key"], d["base_flops"], d["base_params"], flops, params, entries)
 
     def save(self, path: str) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_json(), f, indent=1)
-        os.replace(tmp, path)
+        from utils.checkpoint import write_json_atomic
+        write_json_atomic(self.to_json(), path)
 
     # ---- querying ------------------------------------------------------------------
     def _gather(self, table: np.ndarray, archs) -> np.ndarray:
@@ -164,42 +165,144 @@ def table_path(config: SpaceConfig, directory: str | None = None) -> str:
     return os.path.join(directory or table_dir(), name)
 
 
+class TableError(ValueError):
+    """A table file that does not fit its config (the reason, one line)."""
+
+
+def _checksum(d: dict) -> str:
+    body = {k: d.get(k) for k in ("version", "key", "base_flops", "base_params", "layers")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
+                          .encode()).hexdigest()
+
+
+def _count_ok(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def check_table(d, config: SpaceConfig, space: SearchSpace | None = None,
+                layer: int | None = None) -> FlopsTable:
+    """The table of JSON object `d`, after checking it against `config`'s space.
+
+    Checked: version and config key; layers x ops shape (the skip column is implicit);
+    every entry, base FLOPs and params a non-negative integer; each layer's recorded
+    shapes (in/out channels, resolution, stride) equal to the space's; the stored
+    checksum (tables written by this version); and, as a cheap plausibility test, one
+    layer's entries recomputed (`layer`, default a random one). Raises TableError.
+    """
+    if not isinstance(d, dict):
+        raise TableError("not a JSON object")
+    if d.get("version") != TABLE_VERSION:
+        raise TableError(f"table version {d.get('version')!r}, expected {TABLE_VERSION}")
+    if d.get("key") != _table_key(config):
+        raise TableError(f"it is the table of another config ({d.get('key')})")
+    space = space or get_space(config)
+    for name in ("base_flops", "base_params"):
+        if not _count_ok(d.get(name)):
+            raise TableError(f"{name} is {d.get(name)!r}, not a non-negative integer")
+    layers = d.get("layers")
+    if not isinstance(layers, list) or len(layers) != space.num_layers:
+        n = len(layers) if isinstance(layers, list) else "no"
+        raise TableError(f"{n} layers, the space has {space.num_layers}")
+    for i, (row, spec) in enumerate(zip(layers, space.layers)):
+        if not isinstance(row, dict):
+            raise TableError(f"layer {i} is not an object")
+        for name in ("flops", "params"):
+            v = row.get(name)
+            if not isinstance(v, list) or len(v) != space.num_ops:
+                raise TableError(f"layer {i} has {len(v) if isinstance(v, list) else 'no'} "
+                                 f"{name} entries, the space has {space.num_ops} ops (+ skip)")
+            bad = next((x for x in v if not _count_ok(x)), None)
+            if bad is not None or any(not _count_ok(x) for x in v):
+                raise TableError(f"layer {i} {name} entry {bad!r} is not a non-negative integer")
+        want = dict(inp=spec.inp, out=spec.out, h=spec.resolution, w=spec.resolution,
+                    stride=spec.stride)
+        got = {k: row.get(k) for k in want}
+        if got != want:
+            raise TableError(f"layer {i} records shapes {got}, the space has {want}")
+    if "sha256" in d and d["sha256"] != _checksum(d):
+        raise TableError("its checksum does not match its entries (edited or damaged)")
+    table = FlopsTable.from_json(d)
+    # A private generator, and the global torch RNG kept as it was (op construction
+    # initialises weights): checking a table never changes a seeded run's random numbers.
+    i = random.Random().randrange(space.num_layers) if layer is None else layer
+    spec = space.layers[i]
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        for op in range(space.num_ops):
+            f, p = count(space.make_op(spec, op), (1, spec.inp, spec.resolution, spec.resolution),
+                         space.linear_flops)
+            if (f, p) != (int(table.flops[i, op]), int(table.params[i, op])):
+                raise TableError(f"layer {i} op {op} records {int(table.flops[i, op])} FLOPs, "
+                                 f"{int(table.params[i, op])} params; recomputed: {f}, {p}")
+    return table
+
+
+_CHECKED: dict[tuple, FlopsTable] = {}
+
+
 def _read(path: str, config: SpaceConfig) -> FlopsTable | None:
+    """The checked table at `path`; None when there is none; TableError when it is wrong."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    memo = (os.path.abspath(path), st.st_mtime_ns, st.st_size, json.dumps(_table_key(config)))
+    if memo in _CHECKED:
+        return _CHECKED[memo]
     try:
         with open(path) as f:
             d = json.load(f)
-        if d.get("version") == TABLE_VERSION and d.get("key") == _table_key(config):
-            return FlopsTable.from_json(d)
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # missing, unreadable or stale: the caller rebuilds
-    return None
+    except OSError as e:
+        raise TableError(f"unreadable ({e.strerror or e})") from None
+    except ValueError as e:
+        raise TableError(f"not valid JSON ({e})") from None
+    table = check_table(d, config)
+    _CHECKED[memo] = table
+    return table
 
 
 def load_table(config: SpaceConfig, directory: str | None = None, rebuild: bool = False) -> FlopsTable:
-    """Load the table of `config`, building (and saving) it when absent, stale or corrupt.
+    """Load the table of `config`, building (and saving) it when absent.
 
-    Without `directory`, a table shipped in data/flops_tables wins, then the cache.
+    Without `directory`, a table shipped in data/flops_tables wins, then the user cache
+    ($BNNAS_TABLE_DIR or ~/.cache/bnnas/flops_tables). Every table read is checked
+    (`check_table`): a cached one that does not fit is rebuilt with a one-line note; a
+    shipped one, or one in the `directory` given, is refused in one line (UserError).
     """
-    places = [directory] if directory else [committed_dir(), table_dir()]
+    from utils.cli import UserError
+    places = [(directory, "given")] if directory else [(committed_dir(), "shipped"),
+                                                       (table_dir(), "cache")]
     if not rebuild:
-        for place in places:
-            table = _read(table_path(config, place), config)
+        for place, role in places:
+            path = table_path(config, place)
+            try:
+                table = _read(path, config)
+            except TableError as e:
+                if role == "cache":
+                    print(f"note: rebuilding the FLOPs table {path}: {e}", file=sys.stderr,
+                          flush=True)
+                    break
+                fix = ("restore it (git checkout data/flops_tables or "
+                       "utils/get_flops_lookup_table.sh)" if role == "shipped" else
+                       f"rebuild it with utils/flops.py --build --table-dir {directory} "
+                       f"(and the same space flags), or remove it")
+                raise UserError(f"FLOPs table {path} is not the table of {config.describe()}: "
+                                f"{e}; {fix}") from None
             if table is not None:
                 return table
     table = FlopsTable.build(get_space(config))
     try:
         table.save(table_path(config, directory or table_dir()))
-    except OSError:
+    except (OSError, UserError):
         pass  # a read-only home still works; the table is just rebuilt next time
     return table
 
 
 def main(argv=None) -> None:
-    from utils.cli import add_space_args, config_from_args, main_guard
+    from utils.cli import ArgumentParser, add_space_args, config_from_args, main_guard
 
     @main_guard
     def run():
-        p = argparse.ArgumentParser(description="FLOPs and parameters of a BN-NAS architecture.")
+        p = ArgumentParser(description="FLOPs and parameters of a BN-NAS architecture.")
         add_space_args(p)
         p.add_argument("--arch", required=False, help='op indices, e.g. "3 -1 0 4 ..." (-1 = skip)')
         p.add_argument("--json", action="store_true", help='print {"flops": int, "params": int}')

@@ -25,6 +25,13 @@ def indicator_matrix(space: SearchSpace, supernet: Supernet | Mapping[str, torch
             if key not in state:
                 raise KeyError(f"indicator BN '{key}' is missing from the supernet weights")
             m[i, op] = state[key].detach().abs().double().mean().item()
+    if not np.isfinite(m).all():
+        # A diverged supernet: every score would be nan/inf and the search meaningless.
+        i, op = (int(v) for v in np.argwhere(~np.isfinite(m))[0])
+        from utils.cli import UserError
+        raise UserError(f"the supernet's BN indicator is not finite ({m[i, op]} at layer {i} "
+                        f"op {op}, '{names[i][op]}.weight'): its training diverged; retrain "
+                        f"it (lower --learning_rate)")
     return m
 
 

@@ -20,6 +20,7 @@ score first; ties go to fewer FLOPs, then fewer params, then the smaller arch tu
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -147,7 +148,11 @@ def _from_pth(obj: dict, path: str) -> dict:
             score = _score_of(info)
         if score is None:
             continue  # the reference also kept rejected/unscored proposals
-        arch = tuple(int(a) for a in (arch if not isinstance(arch, str) else arch.split()))
+        try:
+            arch = tuple(int(a) for a in (arch if not isinstance(arch, str) else arch.split()))
+        except (TypeError, ValueError):
+            raise UserError(f"cannot read search log {path}: its vis_dict has the key "
+                            f"{arch!r:.60}, not an architecture") from None
         if table is not None:
             try:
                 space.validate(arch)
@@ -198,11 +203,72 @@ def load_log(log_dir: str) -> dict:
                 raise UserError(f"cannot read search log {path_json}: {e}") from None
         else:
             d["source"], d["path"] = "json", path_json
+            check_entries(d, path_json)
             return d
     if path_pth:
-        return _from_pth(load_pth(path_pth), path_pth)
+        log = _from_pth(load_pth(path_pth), path_pth)
+        _refuse_nonfinite(log, path_pth)
+        return log
     raise UserError(f"no search log in {log_dir} (expected {LOG_JSON} or {LOG_PTH}; "
                     f"run search/ea.py first)")
+
+
+def _is_num(v: Any) -> bool:
+    """A finite int or float (not a bool): nan/inf scores would break every ranking."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+NONFINITE_HINT = "the search ran on a diverged supernet; search again with a sound one"
+
+
+def _refuse_nonfinite(log: dict, path: str) -> None:
+    """One line for a .pth.tar log holding a nan/inf score (JSON logs: check_entries)."""
+    entries = list(log.get("candidates") or []) + ([log["exact"]] if log.get("exact") else [])
+    for c in entries:
+        v = c.get("score")
+        if v is not None and not _is_num(v):
+            raise UserError(f"search log {path}: architecture {c.get('arch')} has score {v} "
+                            f"({NONFINITE_HINT})")
+
+
+def check_entries(log: dict, path: str) -> None:
+    """Refuse, in one line, a JSON log whose config or entries are malformed: every
+    candidate (and the exact optimum) needs an architecture valid for the log's space,
+    a numeric score (or none: unscored) and non-negative numeric FLOPs / params (or none)."""
+    try:
+        cfg = SpaceConfig.from_dict(log["config"]) if log.get("config") else make_config(
+            "mobilenet", **IMAGENET)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"search log {path} has a malformed config ({e})") from None
+    space = get_space(cfg)
+    cands = log.get("candidates")
+    if not isinstance(cands, list):
+        raise UserError(f"search log {path}: 'candidates' is not a list")
+    entries = [(f"candidate {i}", c) for i, c in enumerate(cands)]
+    if log.get("exact") is not None:
+        entries.append(("the exact optimum", log["exact"]))
+    for name, c in entries:
+        if not isinstance(c, dict):
+            raise UserError(f"search log {path}: {name} is not an object")
+        arch = c.get("arch")
+        if not isinstance(arch, list) or not all(isinstance(a, int) and not isinstance(a, bool)
+                                                 for a in arch):
+            raise UserError(f"search log {path}: {name} has arch {str(arch)[:80]}, not a list "
+                            f"of op indices")
+        try:
+            space.validate(arch)
+        except (ArchError, ValueError) as e:
+            raise UserError(f"search log {path}: {name} is not an architecture of its space "
+                            f"({e})") from None
+        if c.get("score") is not None and not _is_num(c["score"]):
+            finite = not isinstance(c["score"], float) or math.isfinite(c["score"])
+            raise UserError(f"search log {path}: {name} has score {c['score']!r}, "
+                            + ("not a number" if finite else f"not finite ({NONFINITE_HINT})"))
+        for key in ("flops", "params"):
+            v = c.get(key)
+            if v is not None and (not _is_num(v) or v < 0):
+                raise UserError(f"search log {path}: {name} has {key} {v!r}, not a "
+                                f"non-negative number")
 
 
 def ranked(log: dict) -> list[dict]:
@@ -234,6 +300,27 @@ def best_arch(log_dir: str) -> tuple[tuple[int, ...], SpaceConfig]:
     cfg = SpaceConfig.from_dict(log["config"]) if log.get("config") else make_config(
         "mobilenet", **IMAGENET)
     r = ranked(log)
+    path = log.get("path", log_dir)
     if not r:
-        raise UserError(f"search log {log.get('path', log_dir)} has no scored candidates")
-    return get_space(cfg).validate(r[0]["arch"]), cfg
+        raise UserError(f"search log {path} has no scored candidates")
+    arch = get_space(cfg).validate(r[0]["arch"])
+    _check_within_limits(log, cfg, arch, path)
+    return arch, cfg
+
+
+def _check_within_limits(log: dict, cfg: SpaceConfig, arch, path: str) -> None:
+    """The chosen architecture's FLOPs / params, recomputed from the lookup table, must
+    respect the log's limits: a log edited by hand or damaged is refused in one line."""
+    from utils.flops import load_table
+    table = load_table(cfg)
+    text = " ".join(map(str, arch))
+    for key, limit, cost in (("FLOPs", log.get("flops_limit"), table.flops_of(arch)),
+                             ("params", log.get("params_limit"), table.params_of(arch))):
+        if limit is None:
+            continue
+        if not _is_num(limit) or limit <= 0:
+            raise UserError(f"search log {path} has a malformed {key} limit {limit!r}")
+        if cost > limit:
+            raise UserError(f"search log {path}: its best architecture '{text}' has "
+                            f"{cost / 1e6:.2f}M {key} (recomputed), over the log's limit "
+                            f"{limit / 1e6:.2f}M: the log was edited or damaged")

@@ -23,13 +23,18 @@ import numpy as np
 import torch
 
 from utils import indicator
-from utils.cli import UserError
+from utils.checkpoint import check_output_dir, clean_stale_temps
+from utils.cli import (POPULATION_MAX, ArgumentParser, UserError, batch_size_int, int_range,
+                       nonneg_int, population_int, positive_int, probability, seed_int,
+                       workers_int)
+from utils.engine import first_nonfinite
 from utils.evolution import ChoiceSampler, EASettings, Evolution, upgrade_state
 from utils.exact_search import solve
 from utils.flops import load_table
 from utils.search_limits import cost_range, default_flops_limit, parse_limit
-from utils.search_log import (LOG_PTH, candidate_list, load_log, load_pth, rank_key,
-                              ranked, write_log)
+from utils.lock import OutputLock
+from utils.search_log import (LOG_JSON, LOG_PTH, candidate_list, load_log, load_pth,
+                              rank_key, ranked, write_log)
 from utils.spaces import get_space
 from utils.supernet_checkpoint import load_supernet
 
@@ -38,7 +43,9 @@ from utils.supernet_checkpoint import load_supernet
 LOG_VERSION = 2
 EA_STATE_KEYS = ("memory", "keep_top_history", "candidates", "vis_dict", "keep_top_k", "epoch",
                  "initialised", "populations", "stats", "score_seconds", "rng_state")
+LOCK_NAME = ".lock"  # in the log folder, while a search runs on it
 PENDING_SAVE_SECONDS = 60.0  # accuracy scoring: save finished scores this often
+GENERATIONS_MAX = 1_000_000  # --max-epochs
 
 
 def say(msg: str = "") -> None:
@@ -46,7 +53,7 @@ def say(msg: str = "") -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description="BN-NAS search: evolutionary search and/or the exact (provably optimal) "
                     "search of the best architecture under a FLOPs limit.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -55,17 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-dir", "--log_dir", dest="log_dir", default="log",
                    help="where ea_results.pth.tar / ea_results.json go")
     g = p.add_argument_group("evolution (reference flags and defaults)")
-    g.add_argument("--max-epochs", "--max_epochs", dest="max_epochs", type=int, default=20,
+    g.add_argument("--max-epochs", "--max_epochs", dest="max_epochs",
+                   type=int_range(0, GENERATIONS_MAX), default=20,
                    help="generations")
-    g.add_argument("--select-num", "--select_num", dest="select_num", type=int, default=10,
+    g.add_argument("--select-num", "--select_num", dest="select_num",
+                   type=population_int, default=10,
                    help="top-k kept as parents")
-    g.add_argument("--population-num", "--population_num", dest="population_num", type=int,
-                   default=50)
-    g.add_argument("--m_prob", "--m-prob", dest="m_prob", type=float, default=0.1,
+    g.add_argument("--population-num", "--population_num", dest="population_num",
+                   type=population_int, default=50,
+                   help=f"candidates per generation (at most {POPULATION_MAX:,})")
+    g.add_argument("--m_prob", "--m-prob", dest="m_prob", type=probability, default=0.1,
                    help="per-gene mutation probability")
-    g.add_argument("--crossover-num", "--crossover_num", dest="crossover_num", type=int,
-                   default=25)
-    g.add_argument("--mutation-num", "--mutation_num", dest="mutation_num", type=int, default=25)
+    g.add_argument("--crossover-num", "--crossover_num", dest="crossover_num",
+                   type=int_range(0, POPULATION_MAX), default=25)
+    g.add_argument("--mutation-num", "--mutation_num", dest="mutation_num",
+                   type=int_range(0, POPULATION_MAX), default=25)
     # Parsed by utils.search_limits.parse_limit after argparse, so a bad value is one line.
     g.add_argument("--flops-limit", "--flops_limit", dest="flops_limit", default=None,
                    help="MFLOPs (multiply-adds, in millions): 475 and 475M mean 475M; a plain "
@@ -76,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--params-limit", "--params_limit", dest="params_limit", default=None,
                    help="M parameters (both methods): 5.2 and 5.2M mean 5.2M; a plain number "
                         ">= 1e5 is a raw count (5.2e6)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--topk", type=int, default=10, help="how many to print")
+    g.add_argument("--seed", type=seed_int, default=0, help="0 <= seed < 2**32")
+    g.add_argument("--topk", type=positive_int, default=10, help="how many to print")
     g.add_argument("--method", choices=["ea", "exact", "both"], default="both",
                    help="evolutionary search, exact search, or both (reports the gap)")
     g.add_argument("--score", choices=["indicator", "accuracy"], default="indicator",
@@ -88,19 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--test_dir", "--test-dir", dest="test_dir", default="../../data/test",
                    help="ImageFolder of validation images")
     a.add_argument("--bn-batches", "--bn_batches", "--max-train-iters", dest="bn_batches",
-                   type=int, default=200, help="training batches for BN recalibration")
+                   type=positive_int, default=200,
+                   help="training batches for BN recalibration")
     a.add_argument("--batch-size", "--batch_size", "--train-batch-size", dest="batch_size",
-                   type=int, default=128)
-    a.add_argument("--val-images", "--val_images", dest="val_images", type=int, default=10000,
+                   type=batch_size_int, default=128)
+    a.add_argument("--val-images", "--val_images", dest="val_images", type=positive_int,
+                   default=10000,
                    help="size of the fixed validation subset")
     a.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    a.add_argument("--workers", type=int, default=4, help="image decoding processes")
+    a.add_argument("--workers", type=workers_int, default=4, help="image decoding processes")
     a.add_argument("--input-format", "--input_format", dest="input_format", default=None,
                    choices=["rgb", "bgr255"],
                    help="input convention (default: the one the supernet was trained with)")
     # Hidden: stop after a generation (resume tests); the legacy launcher's rank flag.
-    p.add_argument("--stop-after-generation", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--stop-after-generation", type=positive_int, default=None,
+                   help=argparse.SUPPRESS)
+    p.add_argument("--local_rank", "--local-rank", type=nonneg_int, default=None,
+                   help=argparse.SUPPRESS)
     return p
 
 
@@ -142,7 +157,15 @@ class Search:
         self.cfg = cfg = ck.config
         self.space = get_space(cfg)
         self.table = load_table(cfg)
-        self.matrix = indicator.indicator_matrix(self.space, ck.state_dict)
+        try:
+            self.matrix = indicator.indicator_matrix(self.space, ck.state_dict)
+        except UserError as e:  # a diverged supernet: name the file
+            raise UserError(f"{args.checkpoint}: {e}") from None
+        if args.score == "accuracy":
+            bad = first_nonfinite(ck.state_dict.items())
+            if bad is not None:
+                raise UserError(f"{args.checkpoint}: weight '{bad}' is nan or inf: the "
+                                f"supernet's training diverged; retrain it")
         say(f"supernet {args.checkpoint}: {cfg.describe()}"
             + (" (reference BN-NAS checkpoint)" if ck.reference else "")
             + f", loaded in {time.perf_counter() - t0:.2f}s")
@@ -234,6 +257,8 @@ class Search:
             sig.update(bn_batches=a.bn_batches, batch_size=a.batch_size,
                        val_images=a.val_images, train_dir=os.path.abspath(a.train_dir),
                        test_dir=os.path.abspath(a.test_dir), input_format=self._input_format())
+            if self.ck.resize_mode not in (None, "antialias"):  # older logs: the default
+                sig["resize_mode"] = self.ck.resize_mode
         return sig
 
     def _input_format(self) -> str:
@@ -267,7 +292,9 @@ class Search:
         self.scorer = SposScorer(self.space, self.ck.state_dict, a.train_dir, a.test_dir,
                                  bn_batches=a.bn_batches, batch_size=a.batch_size,
                                  val_images=a.val_images, device=a.device, seed=a.seed,
-                                 workers=a.workers, input_format=self._input_format(), log=say)
+                                 workers=a.workers, input_format=self._input_format(), log=say,
+                                 class_names=self.ck.classes, resize_mode=self.ck.resize_mode,
+                                 source=f"supernet {a.checkpoint}")
         last_save = [time.monotonic()]
 
         def score(archs: np.ndarray) -> np.ndarray:
@@ -299,7 +326,8 @@ class Search:
                    params_limit=self.params_limit, **self._limit_fields(),
                    checkpoint=os.path.abspath(self.args.checkpoint),
                    indicator=torch.from_numpy(self.matrix.copy()), exact=self.exact,
-                   timing=self.timing, finished=self.finished, pending_scores=pending or {})
+                   timing=self.timing, finished=self.finished, pending_scores=pending or {},
+                   classes=self.ck.classes)
         return obj
 
     def _json(self, ea_state: dict | None) -> dict:
@@ -316,6 +344,7 @@ class Search:
                     checkpoint=os.path.abspath(self.args.checkpoint),
                     supernet=dict(reference=self.ck.reference, train_all=self.ck.train_all,
                                   **self.ck.info),
+                    classes=self.ck.classes,
                     flops_limit=self.flops_limit, flops_limit_mflops=self.flops_limit_m,
                     flops_limit_rule=self.limit_rule, flops_range=list(self.flops_range),
                     params_limit=self.params_limit, **self._limit_fields(),
@@ -515,4 +544,10 @@ def run_search(args: argparse.Namespace) -> None:
     if rank != 0:  # the search is one process; a multi-GPU launch must not race on the log
         say(f"rank {rank}: the search runs in rank 0 only; exiting")
         return
-    Search(args).run()
+    check_output_dir(args.log_dir, "--log-dir")  # before the (slow) supernet load
+    # One search per log folder: a second run on it refuses, naming the first's PID.
+    with OutputLock(os.path.join(args.log_dir, LOCK_NAME), what=f"search log {args.log_dir}",
+                    log=say):
+        clean_stale_temps(os.path.join(args.log_dir, LOG_PTH),
+                          os.path.join(args.log_dir, LOG_JSON), log=say)
+        Search(args).run()

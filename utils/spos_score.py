@@ -25,8 +25,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from utils.cli import UserError
-from utils.data import (DEFAULT_INPUT_FORMAT, SeededImageFolder, prepare_batch,
-                        reraise_worker_error, scan_image_folder)
+from utils.data import (DEFAULT_INPUT_FORMAT, DEFAULT_RESIZE_MODE, SeededImageFolder,
+                        prepare_batch, reraise_worker_error, scan_image_folder)
+from utils.data_identity import label_map
 from utils.spaces import SearchSpace
 
 
@@ -43,9 +44,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _preload(samples: list[tuple[str, int]], input_size: int, workers: int,
-             batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+             batch: int = 256, resize_mode: str = DEFAULT_RESIZE_MODE
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode `samples` once with the validation transform: (uint8 [N,3,H,W], int64 [N])."""
-    ds = SeededImageFolder(samples, input_size, train=False)
+    ds = SeededImageFolder(samples, input_size, train=False, resize_mode=resize_mode)
     loader = DataLoader(ds, batch_size=batch, shuffle=False, num_workers=max(0, workers))
     images, labels = [], []
     try:
@@ -66,25 +68,36 @@ class SposScorer:
     def __init__(self, space: SearchSpace, state_dict: dict, train_dir: str, test_dir: str, *,
                  bn_batches: int = 200, batch_size: int = 128, val_images: int = 10000,
                  device: str | torch.device = "auto", seed: int = 0, workers: int = 4,
-                 input_format: str | None = None, log: Callable[[str], None] = print):
+                 input_format: str | None = None, log: Callable[[str], None] = print,
+                 class_names: Sequence[str] | None = None, resize_mode: str | None = None,
+                 source: str = "the supernet"):
+        """`class_names`: the supernet's (its checkpoint's "classes"): class folders are
+        then matched to its outputs by name; without them the folders must number exactly
+        its outputs. `resize_mode`: the supernet's --resize-mode (default antialias)."""
         if bn_batches < 1 or batch_size < 1 or val_images < 1:
             raise UserError("--bn-batches, --batch-size and --val-images must be at least 1")
         self.space = space
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.input_format = input_format or DEFAULT_INPUT_FORMAT
         self.batch_size = batch_size
+        self.resize_mode = resize_mode or DEFAULT_RESIZE_MODE
         cfg = space.config
 
         train = scan_image_folder(train_dir, "--train_dir")
         val = scan_image_folder(test_dir, "--test_dir")
-        if len(train.classes) > cfg.classes:
-            raise UserError(f"--train_dir has {len(train.classes)} classes but the supernet "
-                            f"has {cfg.classes} outputs")
-        # Label = the class's index in the TRAINING folder, as during supernet training.
-        extra = sorted(set(val.classes) - set(train.classes))
-        if extra:
-            raise UserError(f"--test_dir has class folder '{extra[0]}' that --train_dir lacks")
-        val_samples = [(p, train.class_to_idx[val.classes[y]]) for p, y in val.samples]
+        # Label = the supernet's output of the class: matched by name when it records its
+        # class names, else the class's index in the TRAINING folder (which must then
+        # have exactly as many classes as the supernet has outputs).
+        label_map(train.classes, class_names, cfg.classes, "--train_dir", source)
+        if class_names:
+            vmap = label_map(val.classes, class_names, cfg.classes, "--test_dir", source)
+            val_samples = [(p, vmap[y] if vmap else y) for p, y in val.samples]
+        else:
+            extra = sorted(set(val.classes) - set(train.classes))
+            if extra:
+                raise UserError(f"--test_dir has class folder '{extra[0]}' that --train_dir "
+                                f"lacks")
+            val_samples = [(p, train.class_to_idx[val.classes[y]]) for p, y in val.samples]
 
         rng = np.random.default_rng(seed)
         want = bn_batches * batch_size
@@ -101,13 +114,15 @@ class SposScorer:
         self.val_images = len(vpick)
 
         t0 = time.perf_counter()
-        x, y = _preload([train.samples[i] for i in pick], cfg.input_size, workers)
-        vx, vy = _preload([val_samples[i] for i in vpick], cfg.input_size, workers)
+        x, y = _preload([train.samples[i] for i in pick], cfg.input_size, workers,
+                        resize_mode=self.resize_mode)
+        vx, vy = _preload([val_samples[i] for i in vpick], cfg.input_size, workers,
+                          resize_mode=self.resize_mode)
         self.preload_seconds = time.perf_counter() - t0
         self.train_images, self.train_labels = self._to_device(x), y
         self.val_x, self.val_y = self._to_device(vx), self._to_device(vy)
         log(f"SPOS scoring: {len(pick)} training images in {self.bn_batches} BN batches, "
-            f"{self.val_images} validation images, on {self.device} "
+            f"{self.val_images} validation images, resize {self.resize_mode}, on {self.device} "
             f"(decoded in {self.preload_seconds:.1f}s)")
 
         self.net = space.supernet().to(self.device)

@@ -27,6 +27,8 @@ class SupernetCheckpoint:
     reference: bool
     input_format: str | None  # the input convention it was trained with, when recorded
     info: dict = field(default_factory=dict)  # iter, epoch, seed when present
+    classes: list[str] | None = None  # class names (output i = classes[i]) when recorded
+    resize_mode: str | None = None  # the --resize-mode it was trained with, when recorded
 
 
 def _check_weights(cfg: SpaceConfig, state: dict, path: str) -> None:
@@ -74,6 +76,10 @@ def load_supernet(path: str) -> SupernetCheckpoint:
         args = ck.get("args") or {}
         train_all = bool(ck.get("train_all", args.get("train_all", False)))
         input_format = args.get("input_format") if isinstance(args, dict) else None
+        resize_mode = args.get("resize_mode") if isinstance(args, dict) else None
+        classes = ck.get("classes")
+        if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+            classes = None
         reference = False
     elif is_reference_state(state):
         keys = checkpoint.clean_state_dict(state)
@@ -85,9 +91,11 @@ def load_supernet(path: str) -> SupernetCheckpoint:
             raise UserError(f"{path}: {e.args[0]}") from None
         cfg = make_config("mobilenet", **IMAGENET)
         train_all, input_format, reference = None, "bgr255", True
+        classes, resize_mode = None, None
     else:
         raise UserError(f"{path} is not a supernet checkpoint (no 'kind' and no reference "
                         f"BN-NAS keys)")
     _check_weights(cfg, state, path)
     info = {k: ck[k] for k in ("iter", "epoch", "seed") if isinstance(ck.get(k), (int, float))}
-    return SupernetCheckpoint(path, cfg, state, train_all, reference, input_format, info)
+    return SupernetCheckpoint(path, cfg, state, train_all, reference, input_format, info,
+                              classes, resize_mode)

@@ -217,8 +217,9 @@ class SearchSpace:
             raise ConfigError(f"config is for space '{config.space}', not '{self.name}'")
         if config.input_size < 8:
             raise ConfigError(f"input size {config.input_size} is too small (minimum 8)")
-        if config.width_mult <= 0:
-            raise ConfigError(f"width multiplier must be positive, got {config.width_mult}")
+        if not (math.isfinite(config.width_mult) and config.width_mult > 0):
+            raise ConfigError(f"width multiplier must be a positive finite number, got "
+                              f"{config.width_mult}")
         if config.classes < 2:
             raise ConfigError(f"need at least 2 classes, got {config.classes}")
         if config.stem_stride not in (1, 2):
