@@ -9,7 +9,8 @@
 
 Everything goes to `eval-<--save>/` (checkpoint.pth.tar, best.pth.tar, metrics.jsonl,
 log.txt, result.json); rerunning the same command resumes (a finished run reports its
-result and exits 0).
+result and exits 0). While a run trains, eval-NAME/.lock names its PID: a second run on
+the same folder is refused; resuming on other training data needs --allow-data-change.
 """
 from __future__ import annotations
 
@@ -283,7 +284,7 @@ def run_eval(args: argparse.Namespace, env: DistEnv) -> int:
                               input_format, classes=cfg.classes, resize_mode=resize_mode)
     # Labels are the checkpoint's outputs: class folders matched by the names it records
     # (a subset of its classes is fine), else by position (then all of them are needed).
-    loader.relabel(label_map(loader.classes, class_names_of(loader_raw(loaded)), cfg.classes,
+    loader.relabel(label_map(loader.classes, class_names_of(loaded), cfg.classes,
                              "--test_dir", path))
     amp = Amp(args.amp, env.device)
     channels_last = resolve_channels_last(args.channels_last, env.device)
@@ -359,12 +360,10 @@ OUTPUT_FILES = ("checkpoint.pth.tar", "best.pth.tar", "result.json", "metrics.js
 LOCK_NAME = ".lock"
 
 
-def loader_raw(loaded: SubnetCheckpoint) -> dict:
-    return loaded.raw if loaded.kind == "subnet" else {}
-
-
-def class_names_of(state: dict) -> list[str] | None:
-    names = state.get("classes")
+def class_names_of(loaded: SubnetCheckpoint) -> list[str] | None:
+    """The class names a checkpoint of ours records (output i = names[i]); None for the
+    reference's checkpoints and ours from before they were recorded."""
+    names = loaded.raw.get("classes") if loaded.kind == "subnet" else None
     return names if isinstance(names, list) and names and all(
         isinstance(c, str) for c in names) else None
 

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_dir is None:
         raise UserError("--train_dir is required (the ImageFolder train set to split)")
     if args.out is not None:  # empty, a file, under a file, unwritable: refused now
-        check_output_dir(args.out, "--out")
+        check_output_dir(args.out, "--out", built_beside=True)
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
     result = make_split(args.train_dir, args.out, total=args.total, per_class=args.per_class,

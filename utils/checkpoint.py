@@ -201,8 +201,13 @@ def clean_stale_temps(*paths: str, log=None) -> list[str]:
 
 # ---- output locations ---------------------------------------------------------------
 
-def _probe_dir(directory: str, flag: str, target: str) -> None:
-    """Create and remove a temp file in `directory`: refuses unwritable / read-only ones."""
+def _probe_dir(directory: str, flag: str, target: str, touch: bool = True) -> None:
+    """Create and remove a temp file in `directory`: refuses unwritable / read-only ones.
+    `touch=False` asks access(2) instead (no trace, not even the folder's mtime)."""
+    if not touch:
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise UserError(f"{flag} {target}: cannot write in {directory}")
+        return
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".bnnas-probe-")
         os.close(fd)
@@ -241,14 +246,18 @@ def check_output_path(path: str | None, flag: str) -> str:
     return path
 
 
-def check_output_dir(path: str | None, flag: str) -> str:
+def check_output_dir(path: str | None, flag: str, built_beside: bool = False) -> str:
     """Refuse, before any work, an output FOLDER that cannot be written: empty, a file,
-    under a file, in an unwritable or read-only place. Returns the path."""
+    under a file, in an unwritable or read-only place. Returns the path.
+
+    `built_beside`: the folder is built next to itself and renamed into place: the
+    write test goes to its parent and leaves no trace there (not even an mtime)."""
     if path is None or not str(path).strip():
         raise UserError(f"{flag} is empty (an unset variable?): give a folder")
     if os.path.lexists(path) and not os.path.isdir(path):
         raise UserError(f"{flag} {path} is a file, not a folder")
-    _probe_dir(_nearest_existing(path, flag, path), flag, path)
+    where = os.path.dirname(os.path.abspath(path)) if built_beside else path
+    _probe_dir(_nearest_existing(where, flag, path), flag, path, touch=not built_beside)
     return path
 
 

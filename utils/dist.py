@@ -202,7 +202,10 @@ def _freeze_iteration(rank: int) -> int | None:
     text = os.environ.get(FREEZE_RANK_ENV, "")
     if not text.strip() or text.strip() != str(rank):
         return None
-    return int(os.environ.get(FREEZE_ITER_ENV, "1") or 1)
+    try:
+        return int(os.environ.get(FREEZE_ITER_ENV, "1") or 1)
+    except ValueError:
+        raise UserError(f"{FREEZE_ITER_ENV} must be an iteration number") from None
 
 
 def maybe_freeze(env: DistEnv, it: int) -> None:
