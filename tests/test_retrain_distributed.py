@@ -65,8 +65,10 @@ def test_two_rank_eval_and_ddp_retrain_match_single_process(tiny_data, odd_val, 
     net = space.subnet(arch)
     randomise_bn(net, 0)
     ckpt = str(tmp_path / "random.pth.tar")
+    # 4 outputs, named: the 3-class folder maps onto the first three by name
     save_atomic(dict(kind="subnet", config=CFG.to_dict(), arch=list(arch), iters=0,
-                     state_dict=net.state_dict(), best_acc_top1=0.0), ckpt)
+                     state_dict=net.state_dict(), best_acc_top1=0.0,
+                     classes=[f"class_{c}" for c in range(4)]), ckpt)
     env = run_env()
     env["BNNAS_TABLE_DIR"] = str(tmp_path / "tables")
     common = dict(cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
