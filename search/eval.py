@@ -44,6 +44,7 @@ def main(argv=None) -> None:
     top = ranked(log)[:args.topk]
     for c in top:
         c["arch_str"] = " ".join(map(str, c["arch"]))
+    diag = _diagnostics(log)
     plots, notes = _plot(args, log) if args.plot else ([], [])
     if args.json:
         print(dumps_json(dict(log_dir=args.log_dir, source=log.get("source"),
@@ -51,6 +52,7 @@ def main(argv=None) -> None:
                               flops_limit=log.get("flops_limit"), top=top,
                               **({"score_note": log["score_note"]} if "score_note" in log
                                  else {}),
+                              indicator_diagnostics=diag,
                               **(dict(plots=plots) if args.plot else {}))))
         return
     kind = log.get("score_kind")
@@ -71,10 +73,26 @@ def main(argv=None) -> None:
         print(f"{i + 1:>3}  {c['arch_str']}  {c['score']:>9.4f}  "
               + (f"{t5:>9}  " if top5 else "")
               + f"{_m(c.get('flops')):>9}  {_m(c.get('params')):>7}  {c['found_by']}{gen}")
+    if diag is not None:
+        from utils.search_diagnostics import spread_lines
+        from utils.spaces import SpaceConfig, get_space
+        for line in spread_lines(get_space(SpaceConfig.from_dict(log["config"])), diag):
+            print(line)
     for note in notes:
         print(f"note: {note}")
     for path in plots:
         print(f"plot: {path}")
+
+
+def _diagnostics(log: dict) -> dict | None:
+    """Per-layer indicator spread of a log that holds the indicator (this project's)."""
+    if log.get("score_kind") != "indicator" or not log.get("indicator") or not log.get("config"):
+        return None
+    import numpy as np
+    from utils.search_diagnostics import diagnose
+    from utils.spaces import SpaceConfig, get_space
+    space = get_space(SpaceConfig.from_dict(log["config"]))
+    return diagnose(space, np.asarray(log["indicator"], dtype=np.float64))
 
 
 def _plot(args, log: dict) -> tuple[list[str], list[str]]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.search_helpers import (_tables_env, read_json, save_supernet,  # noqa: F401
+                                  search_table_dir, tiny_config)
 from utils.search_diagnostics import diagnose, layer_spreads, spread_lines
 from utils.spaces import get_space, make_config
 
@@ -53,3 +55,25 @@ def test_a_trained_looking_matrix_gives_no_warning():
     space = get_space(CFG)
     diag = diagnose(space, _matrix(space, 21))
     assert diag["flat_layers"] == [] and diag["warning"] is None
+
+
+def test_ea_and_eval_warn_about_equal_last_layer_gammas(tmp_path, capsys):
+    """End to end: a supernet whose last eight layers' gammas are all equal."""
+    from search.eval import main as eval_main
+    from utils.search_run import build_parser, run_search
+    cfg = tiny_config()
+    space = get_space(cfg)
+    gammas = [[1.0 + 0.05 * ((i * 7 + op * 3) % 5) if i < 13 else 1.0
+               for op in range(space.num_ops)] for i in range(space.num_layers)]
+    ck = str(tmp_path / "ck.pth.tar")
+    save_supernet(ck, cfg, gammas=gammas)
+    log_dir = str(tmp_path / "log")
+    run_search(build_parser().parse_args(["--checkpoint", ck, "--log-dir", log_dir,
+                                          "--max-epochs", "2", "--population-num", "10"]))
+    out = capsys.readouterr().out
+    assert "warning: 8 of 17 searchable layers have too small an indicator spread" in out
+    diag = read_json(log_dir)["indicator_diagnostics"]
+    assert diag["flat_layers"] == list(range(13, 21)) and diag["warning"]
+    eval_main(["--log-dir", log_dir, "--plot"])
+    out = capsys.readouterr().out
+    assert "layers 13, 14, 15, 16, 17, 18, 19, 20" in out and "L20 0.0000*" in out

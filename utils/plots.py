@@ -197,9 +197,21 @@ def _plot_heatmap(log: dict, path: str) -> str | None:
                                    label=label if first else None))
             first = False
     ax.set_xticks(range(cols), names, rotation=30, ha="right", fontsize=8)
+    # Layers whose ops the indicator cannot tell apart (utils/search_diagnostics.py).
+    flat: set[int] = set()
+    if log.get("config") and log.get("score_kind", "indicator") == "indicator":
+        from utils.search_diagnostics import diagnose
+        from utils.spaces import SpaceConfig, get_space
+        flat = set(diagnose(get_space(SpaceConfig.from_dict(log["config"])), m)["flat_layers"])
     ax.set_yticks(range(rows), [f"layer {i}" + (" (fixed skip)" if forced[i] else "")
-                                for i in range(rows)], fontsize=7)
-    ax.set_title("BN indicator matrix (layers x candidate ops)")
+                                + (" FLAT" if i in flat else "") for i in range(rows)],
+                  fontsize=7)
+    for label in ax.get_yticklabels():
+        if label.get_text().endswith(" FLAT"):
+            label.set_color("tab:red")
+    ax.set_title("BN indicator matrix (layers x candidate ops)"
+                 + (f"\nFLAT: {len(flat)} layers whose ops differ by < 5% of the largest "
+                    f"layer spread" if flat else ""), fontsize=10 if flat else None)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=2,
                   frameon=False)

@@ -31,6 +31,7 @@ from utils.engine import first_nonfinite
 from utils.evolution import ChoiceSampler, EASettings, Evolution, upgrade_state
 from utils.exact_search import solve
 from utils.flops import load_table
+from utils.search_diagnostics import diagnose, spread_lines
 from utils.search_limits import cost_range, default_flops_limit, parse_limit
 from utils.lock import OutputLock
 from utils.search_log import (LOG_JSON, LOG_PTH, candidate_list, load_log, load_pth,
@@ -169,6 +170,11 @@ class Search:
         say(f"supernet {args.checkpoint}: {cfg.describe()}"
             + (" (reference BN-NAS checkpoint)" if ck.reference else "")
             + f", loaded in {time.perf_counter() - t0:.2f}s")
+        # Layers whose ops the indicator cannot tell apart (utils/search_diagnostics.py).
+        self.diagnostics = diagnose(self.space, self.matrix)
+        if args.score == "indicator":
+            for line in spread_lines(self.space, self.diagnostics):
+                say(line)
         self._check_training_mode()
         self._limits()
         self.settings = EASettings(args.max_epochs, args.select_num, args.population_num,
@@ -352,7 +358,7 @@ class Search:
                     generations=(ea_state or {}).get("epoch", 0), finished=self.finished,
                     best=best, exact=self.exact, gap=gap, timing=self.timing,
                     op_names=list(self.space.op_names), indicator=self.matrix.tolist(),
-                    candidates=cands)
+                    indicator_diagnostics=self.diagnostics, candidates=cands)
 
     def _limit_fields(self) -> dict:
         return dict(flops_limit_reading=self.flops_reading,
