@@ -795,15 +795,21 @@ def run_study(s: StudySettings, opts: RunOptions) -> dict:
         return f
 
     try:
-        # Priority by submission order: the pilot decides the budget, so it goes first.
-        pilot_jobs = {(b, k, sd): submit(train_subnet, s, data, cfg, archs["archs"][k], sd, b,
-                                          opts, timing)
-                      for b in ([s.subnet_iters] if s.subnet_iters else budgets)
-                      for sd in seeds for k in archs["pilot"]}
-        sup_jobs = {"indicator": submit(train_supernet, "indicator", s, data, cfg, opts,
-                                        timing),
-                    "spos": submit(train_supernet, "spos", s, data, cfg, opts, timing,
-                                   spos_scoring)}
+        # Priority by submission order: the pilot's first budget, then the BN-only supernet
+        # (whether it leaves chance is the other precondition), then the rest of the pilot
+        # (it decides the ground truth's budget), then the SPOS supernet.
+        tried = [s.subnet_iters] if s.subnet_iters else budgets
+        pilot_jobs, sup_jobs = {}, {}
+        for j, b in enumerate(tried):
+            for sd in seeds:
+                for k in archs["pilot"]:
+                    pilot_jobs[(b, k, sd)] = submit(train_subnet, s, data, cfg,
+                                                    archs["archs"][k], sd, b, opts, timing)
+            if j == 0:
+                sup_jobs["indicator"] = submit(train_supernet, "indicator", s, data, cfg, opts,
+                                               timing)
+        sup_jobs["spos"] = submit(train_supernet, "spos", s, data, cfg, opts, timing,
+                                  spos_scoring)
         pilot = []
         for b in ([s.subnet_iters] if s.subnet_iters else budgets):
             per_seed = np.array([[pilot_jobs[(b, k, sd)].result()["top1"] for sd in seeds]
