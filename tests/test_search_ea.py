@@ -139,7 +139,9 @@ def test_exact_beats_or_ties_ea_and_ranks_first(hand_run, capsys):
     assert [t["arch"] for t in top] == [c["arch"] for c in r[:5]]
     eval_main(["--log-dir", hand_run["log"]])
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 12 and lines[2].split()[1:22] == [str(a) for a in r[0]["arch"]]
+    # header, column names, 10 rows, then the per-layer indicator spreads
+    assert lines[2].split()[1:22] == [str(a) for a in r[0]["arch"]]
+    assert lines[12].startswith("indicator spread per layer") and len(lines) >= 15
 
 
 def test_pth_log_has_reference_keys_and_loads_weights_only(hand_run, tmp_path):

@@ -45,7 +45,8 @@ def fault(point: str) -> None:
     """Test hook: BNNAS_FAULT=<point>[@N] makes the N-th (default first) arrival here fail.
 
     Points: "save-enospc" (inside save_atomic / write_json_atomic, after the temp file is
-    written: a disk-full OSError), "save-kill" (same place: SIGKILL, leaving the temp file),
+    written: a disk-full OSError), "save-kill" (same place in save_atomic only: SIGKILL,
+    leaving the temp file),
     "probe-erofs" (check_output_path's write test: a read-only file system); any other
     point (e.g. "retrain-after-best", "retrain-validate") raises FaultInjected.
     Unset (always, outside tests), this is one environment lookup.
@@ -103,7 +104,8 @@ def _write_atomic(path: str, suffix: str, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         fault("save-enospc")
-        fault("save-kill")
+        if suffix == ".pth":  # counts checkpoint saves only, not the JSON/YAML beside them
+            fault("save-kill")
         os.replace(tmp, path)
     except OSError as e:
         _unlink_quietly(tmp)
@@ -172,6 +174,15 @@ def write_json_atomic(obj: Any, path: str, indent: int | None = 1) -> None:
     def write(f):
         f.write(text.encode())
     _write_atomic(path, ".json", write)
+
+
+def write_text_atomic(text: str, path: str, suffix: str = ".txt") -> None:
+    """Write UTF-8 text atomically (temp file beside `path`, fsync, rename)."""
+    data = text.encode()
+
+    def write(f):
+        f.write(data)
+    _write_atomic(path, suffix, write)
 
 
 def clean_stale_temps(*paths: str, log=None) -> list[str]:
