@@ -88,7 +88,7 @@ class StudySettings:
     supernet_batch: int = 64
     bn_snapshots: str = "250,500,1000,2000,4000,8000,16000,24000"
     bn_lr: float = 0.25
-    ablations: str = "all"  # BN-only variants besides the original: all, +classifier
+    ablations: str = "all,indicator+classifier"  # BN-only variants besides the original
     spos_snapshots: str = "2000,4000,8000"
     spos_lr: float = 0.05
     # architectures and ground truth
