@@ -23,6 +23,7 @@ if __package__ in (None, ""):
 
 from utils.cli import (ArgumentParser, add_space_args, finite_float, int_range, main_guard,
                        seed_int)
+from utils.config_file import add_config_arg
 from utils.subnet_io import unset_space_defaults
 
 
@@ -52,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"ONNX opset (default: {OPSET})")
     add_space_args(p, classes_default=None)
     unset_space_defaults(p)
+    add_config_arg(p, "retrain/export.py")
     return p.parse_args(argv)
 
 

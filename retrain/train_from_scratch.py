@@ -11,6 +11,9 @@ Everything goes to `eval-<--save>/` (checkpoint.pth.tar, best.pth.tar, metrics.j
 log.txt, result.json); rerunning the same command resumes (a finished run reports its
 result and exits 0). While a run trains, eval-NAME/.lock names its PID: a second run on
 the same folder is refused; resuming on other training data needs --allow-data-change.
+Settings can come from `--config FILE.yaml` (e.g. configs/retrain_imagenet.yaml; flags
+override it); training writes its resolved settings to eval-NAME/config.yaml (--eval with
+--save: eval-NAME/eval_config.yaml), which `--config` reruns.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ if __package__ in (None, ""):
 import torch
 
 from utils import checkpoint as ckpt
+from utils.config_file import add_config_arg, space_settings, write_settings
 from utils.cli import (ArgumentParser, UserError, add_space_args, batch_size_int, fraction,
                        main_guard, momentum_float, nonneg_float, nonneg_int, positive_int,
                        seed_int)
@@ -138,6 +142,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # Unset space flags and input format fall back to the search log / checkpoint.
     unset_space_defaults(p)
     p.set_defaults(input_format=None)
+    add_config_arg(p, "retrain/train_from_scratch.py")
     args = p.parse_args(argv)
     # Numeric ranges are checked while parsing (the utils.cli types above).
     if args.model_id is not None and args.arch_from is not None:
@@ -295,6 +300,12 @@ def run_eval(args: argparse.Namespace, env: DistEnv) -> int:
         f"checkpoint, iteration {loaded.iters}) on {loader.num_samples} images of "
         f"{args.test_dir}; input {input_format}; resize {resize_mode} ({resize_note}); "
         f"{describe(env)}")
+    if args.save and env.is_main:  # beside eval.json: --config reruns this evaluation
+        write_settings(args, os.path.join(save_dir, EVAL_SETTINGS_NAME),
+                       resolved=dict(space_settings(cfg), input_format=input_format,
+                                     resize_mode=resize_mode),
+                       notes=[f"evaluated: {path}, architecture {space.format(arch)} "
+                              f"({source})"])
     res = evaluate(net, loader, env, amp=amp, channels_last=channels_last,
                    progress=_val_progress(env, len(loader), "eval"))
     if env.is_main:
@@ -355,8 +366,9 @@ def save_dir_of(args: argparse.Namespace) -> str:
 
 
 # Files of eval-NAME/ written atomically (stale temp files of a killed save are removed).
+SETTINGS_NAME, EVAL_SETTINGS_NAME = "config.yaml", "eval_config.yaml"
 OUTPUT_FILES = ("checkpoint.pth.tar", "best.pth.tar", "result.json", "metrics.jsonl",
-                "eval.json")
+                "eval.json", SETTINGS_NAME, EVAL_SETTINGS_NAME)
 LOCK_NAME = ".lock"
 
 
@@ -565,6 +577,11 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
         + (f"resuming from {ckpt_path} at iteration {start}/{total}" if start
            else f"training {total} iterations -> {save_dir}/"))
 
+    if env.is_main:  # the resolved settings: --config reruns them
+        write_settings(args, os.path.join(save_dir, SETTINGS_NAME),
+                       resolved=dict(space_settings(cfg), input_format=input_format),
+                       notes=[f"architecture: {space.format(arch)} ({source})",
+                              f"{total} iterations of {spe} per epoch"])
     metrics_path = os.path.join(save_dir, "metrics.jsonl")
     if state is not None and env.is_main:
         dropped = ckpt.trim_metrics(metrics_path, start)

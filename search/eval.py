@@ -19,6 +19,7 @@ if _ROOT not in sys.path:
 
 from utils.checkpoint import dumps_json  # noqa: E402
 from utils.cli import ArgumentParser, UserError, main_guard, positive_int  # noqa: E402
+from utils.config_file import add_config_arg  # noqa: E402
 from utils.search_log import load_log, ranked  # noqa: E402
 
 
@@ -39,6 +40,7 @@ def main(argv=None) -> None:
                         "with the Pareto front, the indicator heatmap (PNGs)")
     p.add_argument("--plot-dir", "--plot_dir", dest="plot_dir", default=None,
                    help="where --plot writes (default: the log folder)")
+    add_config_arg(p, "search/eval.py")
     args = p.parse_args(argv)
     log = load_log(args.log_dir)
     top = ranked(log)[:args.topk]

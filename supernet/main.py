@@ -5,6 +5,9 @@
     python3 supernet/main.py --train_dir data/imagefolder/train --input-size 32 ...
 
 Rerunning the same command resumes from --checkpoint (a finished run says so and exits 0).
+Settings can come from a YAML file (`--config configs/bnnas_supernet_imagenet.yaml`, flags
+override it); every run writes its resolved settings beside the checkpoint
+(checkpoint.config.yaml), which `--config` reruns.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ if __package__ in (None, ""):
 import torch
 
 from utils import checkpoint as ckpt
+from utils.config_file import add_config_arg, settings_path_for, space_settings, write_settings
 from utils.cli import (ArgumentParser, UserError, add_space_args, batch_size_int,
                        config_from_args, fraction, main_guard, momentum_float, nonneg_float,
                        nonneg_int, positive_int, seed_int)
@@ -101,6 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_amp_args(p)
     add_space_args(p, classes_default=None)
     add_launcher_args(p)
+    add_config_arg(p, "supernet/main.py")
     args = p.parse_args(argv)
     if args.epochs is None:
         args.epochs = EPOCHS_SPOS if args.train_all else EPOCHS_BN_NAS
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                             enabled=env.is_main, log=_note):
                 if env.is_main:
                     ckpt.clean_stale_temps(args.checkpoint, metrics_path_for(args.checkpoint),
-                                           log=_note)
+                                           settings_path_for(args.checkpoint), log=_note)
                 return train(args, env)
     finally:
         cleanup(env)
@@ -265,6 +270,10 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
               + (f"resuming from {args.checkpoint} at iteration {start}/{total}" if start
                  else f"training {total} iterations -> {args.checkpoint}"), flush=True)
 
+    if env.is_main:  # the resolved settings, beside the checkpoint: --config reruns them
+        write_settings(args, settings_path_for(args.checkpoint), resolved=space_settings(cfg),
+                       notes=[f"{total} iterations of {spe} per epoch, {run['num_samples']} "
+                              f"images, {loader.num_classes} classes"])
     metrics = metrics_path_for(args.checkpoint)
     if state is not None and env.is_main:
         dropped = ckpt.trim_metrics(metrics, start)

@@ -40,7 +40,7 @@ QUICK = dict(input_size=16, width_mult=0.25, train_per_class=20, val_per_class=1
              holdout_per_class=4, supernet_batch=16, bn_snapshots="3,6", spos_snapshots="3,6",
              subnets_under=3, subnets_over=3, pilot_every=2, pilot_budgets="6,10",
              subnet_batch=16, subnet_lr=0.2, truth_seeds=2, spos_bn_batches=2, spos_batch=16,
-             spos_val_images=40, proxy_batch=8)
+             spos_val_images=40, proxy_batch=8, ablations="all")
 QUICK_BOOTSTRAP = 200
 
 

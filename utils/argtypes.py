@@ -39,6 +39,14 @@ class ArgumentParser(argparse.ArgumentParser):
         print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(2)
 
+    def parse_args(self, args=None, namespace=None):
+        # A parser given --config (utils.config_file.add_config_arg) reads that file first:
+        # its values become the defaults, so the command line's flags override them.
+        if getattr(self, "config_script", None) is not None:
+            from .config_file import parse_with_config
+            return parse_with_config(self, args, namespace)
+        return super().parse_args(args, namespace)
+
 
 def _g(x: float) -> str:
     return f"{x:g}" if isinstance(x, float) else str(x)

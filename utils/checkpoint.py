@@ -88,11 +88,12 @@ def _write_error(path: str, e: OSError) -> UserError:
                      + ("; the previous file is unchanged" if os.path.exists(path) else ""))
 
 
-def _write_atomic(path: str, suffix: str, write) -> None:
+def _write_atomic(path: str, suffix: str, write, faults: bool = True) -> None:
     """`write(file)` into a temp file beside `path`, fsync, rename over `path`.
 
     A failure removes the temp file and leaves `path` as it was; a full or read-only disk
-    (any OSError) is a one-line UserError naming the file and the reason.
+    (any OSError) is a one-line UserError naming the file and the reason. `faults=False`:
+    not a BNNAS_FAULT save point (write_text_atomic: a run's settings file).
     """
     try:
         fd, tmp = _tmp_beside(path, suffix)
@@ -103,7 +104,8 @@ def _write_atomic(path: str, suffix: str, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        fault("save-enospc")
+        if faults:
+            fault("save-enospc")
         if suffix == ".pth":  # counts checkpoint saves only, not the JSON/YAML beside them
             fault("save-kill")
         os.replace(tmp, path)
@@ -177,12 +179,14 @@ def write_json_atomic(obj: Any, path: str, indent: int | None = 1) -> None:
 
 
 def write_text_atomic(text: str, path: str, suffix: str = ".txt") -> None:
-    """Write UTF-8 text atomically (temp file beside `path`, fsync, rename)."""
+    """Write UTF-8 text atomically (temp file beside `path`, fsync, rename); e.g. a run's
+    settings file. Not a BNNAS_FAULT save point, so the fault tests' counts of checkpoint
+    and JSON saves stay as they were."""
     data = text.encode()
 
     def write(f):
         f.write(data)
-    _write_atomic(path, suffix, write)
+    _write_atomic(path, suffix, write, faults=False)
 
 
 def clean_stale_temps(*paths: str, log=None) -> list[str]:

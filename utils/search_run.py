@@ -10,6 +10,8 @@ indicator matrix of its config, pick the FLOPs limit (--flops-limit / --params-l
 * exact (`--method exact|both`, indicator scoring only): the multiple-choice knapsack of
   `utils.exact_search`, which proves the best architecture under the limits;
 then print the top-k, the EA's best vs the proven optimum, and scoring times.
+Settings can come from `--config FILE.yaml` (utils.config_file); a search that runs
+writes its resolved settings to LOG_DIR/config.yaml.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import torch
 
 from utils import indicator
 from utils.checkpoint import check_output_dir, clean_stale_temps
+from utils.config_file import add_config_arg, write_settings
 from utils.cli import (POPULATION_MAX, ArgumentParser, UserError, batch_size_int, int_range,
                        nonneg_int, population_int, positive_int, probability, seed_int,
                        workers_int)
@@ -45,6 +48,7 @@ LOG_VERSION = 2
 EA_STATE_KEYS = ("memory", "keep_top_history", "candidates", "vis_dict", "keep_top_k", "epoch",
                  "initialised", "populations", "stats", "score_seconds", "rng_state")
 LOCK_NAME = ".lock"  # in the log folder, while a search runs on it
+SETTINGS_NAME = "config.yaml"  # the run's resolved settings, in the log folder
 PENDING_SAVE_SECONDS = 60.0  # accuracy scoring: save finished scores this often
 GENERATIONS_MAX = 1_000_000  # --max-epochs
 
@@ -117,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=argparse.SUPPRESS)
     p.add_argument("--local_rank", "--local-rank", type=nonneg_int, default=None,
                    help=argparse.SUPPRESS)
+    add_config_arg(p, "search/ea.py")
     return p
 
 
@@ -416,6 +421,7 @@ class Search:
                 f"mutations (p={s.m_prob}), {s.crossover_num} crossovers, {s.max_epochs} "
                 f"generations, seed {s.seed}, FLOPs <= {self.flops_limit_m:.2f}M"
                 + (f", params <= {self.params_limit_m:g}M" if self.params_limit else ""))
+            self._write_settings()
             stopped = [False]
 
             def after(e: Evolution, stat: dict) -> bool:
@@ -445,11 +451,22 @@ class Search:
                                ea_score_seconds=ea.score_seconds,
                                ea_candidates=len(ea.vis_dict))
         if self.method in ("exact", "both"):
+            if not wants_ea:
+                self._write_settings()
             self._exact()
         self._time_1000(ea)
         self.finished = True
         self._write(ea.state_dict() if ea else kept)
         self.report(load_log(args.log_dir))
+
+    def _write_settings(self) -> None:
+        """LOG_DIR/config.yaml: this run's settings (--config reruns them), written once
+        every check has passed and the search starts."""
+        write_settings(self.args, os.path.join(self.args.log_dir, SETTINGS_NAME),
+                       notes=[f"supernet: {self.cfg.describe()}",
+                              f"FLOPs limit: {self.flops_limit_m:.2f}M ("
+                              + (f"default: {self.limit_rule}" if self.flops_reading == "default"
+                                 else self.flops_reading) + ")"])
 
     def _upgrade(self, old: dict) -> dict:
         """An EA state of a version-1 log, with memory in the reference's meaning."""
@@ -555,5 +572,6 @@ def run_search(args: argparse.Namespace) -> None:
     with OutputLock(os.path.join(args.log_dir, LOCK_NAME), what=f"search log {args.log_dir}",
                     log=say):
         clean_stale_temps(os.path.join(args.log_dir, LOG_PTH),
-                          os.path.join(args.log_dir, LOG_JSON), log=say)
+                          os.path.join(args.log_dir, LOG_JSON),
+                          os.path.join(args.log_dir, SETTINGS_NAME), log=say)
         Search(args).run()
