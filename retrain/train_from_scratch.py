@@ -40,7 +40,7 @@ from utils.data import (DEFAULT_INPUT_FORMAT, DEFAULT_RESIZE_MODE, add_augment_a
 from utils.dist import (DistEnv, add_launcher_args, all_gather_objects, all_reduce_sum, barrier,
                         cleanup, collective_guard, describe, maybe_freeze, setup)
 from utils.engine import (Amp, GracefulStop, LossGuard, MetricsLogger, NonFiniteError,
-                          ProgressBar, Timer, add_amp_args, first_nonfinite,
+                          ProgressBar, Timer, add_amp_args,
                           resolve_channels_last, rng_state, seed_everything, set_rng_state)
 from utils.data_identity import check_resume_data, label_map, loader_fingerprint
 from utils.flops import load_table
@@ -604,13 +604,7 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
     def ensure_finite(weights: bool = False) -> None:
         """Stop at once on a nan/inf loss (or weights, before validating or saving): a
         diverged state is never validated, reported or saved (best.pth.tar included)."""
-        bad_it, what = guard.first_bad(), None
-        if bad_it is not None:
-            what = f"the loss is nan or inf at iteration {bad_it + 1}/{total}"
-        elif weights:
-            name = first_nonfinite(trainer.net.state_dict().items(), env)
-            if name is not None:
-                what = f"the weights are nan or inf ({name}) after iteration {it}/{total}"
+        what = guard.divergence(trainer.net, it, total, weights)
         if what is None:
             return
         kept = (f"{ckpt_path} keeps iteration {saved_at[0]}, the last good state"

@@ -33,7 +33,7 @@ from utils.data_identity import check_resume_data, loader_fingerprint
 from utils.dist import (DistEnv, add_launcher_args, all_reduce_sum, barrier, broadcast_tensors,
                         cleanup, collective_guard, describe, maybe_freeze, setup)
 from utils.engine import (Amp, GracefulStop, LossGuard, MetricsLogger, NonFiniteError,
-                          ProgressBar, Timer, add_amp_args, first_nonfinite, metrics_path_for,
+                          ProgressBar, Timer, add_amp_args, metrics_path_for,
                           resolve_channels_last, rng_state, seed_everything, set_rng_state)
 from utils.lock import OutputLock
 from utils.spaces import get_space
@@ -299,13 +299,7 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
     def ensure_finite(weights: bool = False) -> None:
         """Stop at once on a nan/inf loss (or, before a save, weights): never report or
         save a diverged state; the checkpoint on disk keeps the last good one."""
-        bad_it, what = guard.first_bad(), None
-        if bad_it is not None:
-            what = f"the loss is nan or inf at iteration {bad_it + 1}/{total}"
-        elif weights:
-            name = first_nonfinite(trainer.net.state_dict().items(), env)
-            if name is not None:
-                what = f"the weights are nan or inf ({name}) after iteration {it}/{total}"
+        what = guard.divergence(trainer.net, it, total, weights)
         if what is None:
             return
         kept = (f"{args.checkpoint} keeps iteration {saved_at[0]}, the last good state"

@@ -479,6 +479,19 @@ class LossGuard:
         self.pending = 0
         return None if bad >= self.NONE else bad
 
+    def divergence(self, net: torch.nn.Module, it: int, total: int,
+                   weights: bool = False) -> str | None:
+        """What went non-finite, in words (None if nothing): the loss since the last
+        check, or, with `weights` (before validating or saving), the weights."""
+        bad_it = self.first_bad()
+        if bad_it is not None:
+            return f"the loss is nan or inf at iteration {bad_it + 1}/{total}"
+        if weights:
+            name = first_nonfinite(net.state_dict().items(), self.env)
+            if name is not None:
+                return f"the weights are nan or inf ({name}) after iteration {it}/{total}"
+        return None
+
 
 def first_nonfinite(named: Iterable[tuple[str, torch.Tensor]], env=None) -> str | None:
     """Name of the first floating tensor holding nan/inf (one host sync), else None.
