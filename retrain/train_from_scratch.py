@@ -40,7 +40,7 @@ from utils.data import (DEFAULT_INPUT_FORMAT, DEFAULT_RESIZE_MODE, add_augment_a
 from utils.dist import (DistEnv, add_launcher_args, all_gather_objects, all_reduce_sum, barrier,
                         cleanup, collective_guard, describe, maybe_freeze, setup)
 from utils.engine import (Amp, GracefulStop, LossGuard, MetricsLogger, NonFiniteError,
-                          ProgressBar, Timer, add_amp_args,
+                          ProgressBar, Timer, add_amp_args, report_changed_hyper,
                           resolve_channels_last, rng_state, seed_everything, set_rng_state)
 from utils.data_identity import check_resume_data, label_map, loader_fingerprint
 from utils.flops import load_table
@@ -55,8 +55,8 @@ from utils.validate import EvalResult, evaluate
 # Settings that fix which samples and LR each iteration gets: a checkpoint made with other
 # values cannot be continued exactly, so resuming with them changed is refused.
 RUN_DEFINING = ("seed", "batch_size", "total_iters", "steps_per_epoch")
-HYPER = ("learning_rate", "momentum", "weight_decay", "decay_params", "grad_clip",
-         "label_smooth", "amp", "dropout")
+HYPER = ("learning_rate", "momentum", "weight_decay", "grad_clip", "label_smooth", "amp",
+         "dropout")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -352,10 +352,13 @@ def check_resume(state: dict, path: str, cfg: SpaceConfig, arch, run: dict,
                         f"({'; '.join(diffs)}; checkpoint vs now): rerun with the original "
                         f"settings or use another --save name")
     old = state.get("args") or {}
-    changed = [k for k in HYPER if k in old and old[k] != getattr(args, k)]
-    if changed:
-        log(f"note: resuming with changed {', '.join(changed)} (the checkpoint used "
-            f"{', '.join(f'{k}={old[k]}' for k in changed)})")
+    # The optimizer's groups depend on which parameters are decayed: checkpoints from
+    # before --decay-params decayed the classifier's weight too.
+    saved_decay = old.get("decay_params") or "conv+linear-weight"
+    if saved_decay != args.decay_params:
+        raise UserError(f"checkpoint {path} was trained with --decay-params {saved_decay}; "
+                        f"resume with --decay-params {saved_decay} or use another --save")
+    report_changed_hyper(old, args, HYPER, log)
 
 
 def save_dir_of(args: argparse.Namespace) -> str:

@@ -34,6 +34,7 @@ from utils.dist import (DistEnv, add_launcher_args, all_reduce_sum, barrier, bro
                         cleanup, collective_guard, describe, maybe_freeze, setup)
 from utils.engine import (Amp, GracefulStop, LossGuard, MetricsLogger, NonFiniteError,
                           ProgressBar, Timer, add_amp_args, metrics_path_for,
+                          report_changed_hyper,
                           resolve_channels_last, rng_state, seed_everything, set_rng_state)
 from utils.lock import OutputLock
 from utils.spaces import get_space
@@ -155,11 +156,10 @@ def check_resume(state: dict, path: str, cfg, run: dict, args: argparse.Namespac
                         f"({'; '.join(diffs)}; checkpoint vs now): rerun with the original "
                         f"settings or use another --checkpoint")
     old = state.get("args") or {}
-    changed = [k for k in ("learning_rate", "min_lr", "momentum", "weight_decay", "grad_clip",
-                           "label_smooth", "amp") if k in old and old[k] != getattr(args, k)]
-    if changed and env.is_main:
-        print(f"note: resuming with changed {', '.join(changed)} (the checkpoint used "
-              f"{', '.join(f'{k}={old[k]}' for k in changed)})", file=sys.stderr)
+    if env.is_main:
+        report_changed_hyper(old, args, ("learning_rate", "min_lr", "momentum", "weight_decay",
+                                         "grad_clip", "label_smooth", "amp"),
+                             lambda m: print(m, file=sys.stderr))
 
 
 def save(path: str, trainer: SupernetTrainer, cfg, args, run: dict, it: int, env: DistEnv,

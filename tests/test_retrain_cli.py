@@ -192,3 +192,26 @@ def test_one_line_errors(work, capsys):
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (needle, err)
         assert needle in lines[0], (needle, lines[0])
+
+
+def test_resume_says_which_changed_settings_apply_and_keeps_the_decay_groups(work, capsys):
+    base = [*work["data"], *TRAIN, "--arch-from", work["log_dir"], "--save", "c"]
+    rc, _, err = run([*base, "--stop-after", "2"], capsys)
+    assert rc == 0, err
+    # lr and momentum come back from the optimizer state; label smoothing is applied
+    rc, out, err = run([*base, "--stop-after", "1", "--learning_rate", "0.2", "--momentum",
+                        "0.5", "--label_smooth", "0.2"], capsys)
+    assert rc == 0, err
+    text = out + err
+    assert "note: resuming with changed label_smooth (the checkpoint used label_smooth=0.1)" \
+        in text
+    assert ("note: learning_rate, momentum continue from the checkpoint's optimizer state "
+            "(learning_rate=0.1, momentum=0.9); the new values are not used") in text
+    before = load(os.path.join("eval-c", "checkpoint.pth.tar"))["iters"]
+    # another weight-decay group would not fit the saved optimizer: one line, nothing lost
+    rc, out, err = run([*base, "--decay-params", "conv+linear-weight"], capsys)
+    assert rc == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        f"error: checkpoint {os.path.join('eval-c', 'checkpoint.pth.tar')} was trained with "
+        f"--decay-params conv; resume with --decay-params conv or use another --save"]
+    assert load(os.path.join("eval-c", "checkpoint.pth.tar"))["iters"] == before

@@ -519,6 +519,26 @@ __all__ = ["AMP_MODES", "add_amp_args", "resolve_channels_last", "Amp", "LinearS
            "NonFiniteError", "LossGuard", "first_nonfinite"]
 
 
+# Hyperparameters a resume takes from the checkpoint's optimizer / LR-schedule state.
+RESTORED_FROM_STATE = ("learning_rate", "min_lr", "momentum", "weight_decay")
+
+
+def report_changed_hyper(old: dict, args: argparse.Namespace, names, log) -> None:
+    """Say which changed settings a resume applies and which come back from the
+    checkpoint (the LR schedule, momentum and weight decay live in its optimizer state)."""
+    changed = [k for k in names if k in old and old[k] != getattr(args, k)]
+    if not changed:
+        return
+    kept = [k for k in changed if k in RESTORED_FROM_STATE]
+    applied = [k for k in changed if k not in RESTORED_FROM_STATE]
+    if applied:
+        log(f"note: resuming with changed {', '.join(applied)} (the checkpoint used "
+            f"{', '.join(f'{k}={old[k]}' for k in applied)})")
+    if kept:
+        log(f"note: {', '.join(kept)} continue from the checkpoint's optimizer state "
+            f"({', '.join(f'{k}={old[k]}' for k in kept)}); the new values are not used")
+
+
 class TrainerState:
     """Mixin: optimizer, LR schedule and AMP scaler state of a trainer, for checkpoints."""
 
