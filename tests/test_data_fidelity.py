@@ -363,7 +363,8 @@ def test_resuming_a_retrain_with_another_resize_mode_is_refused():
     log = script.RunLog(DistEnv(), None)
 
     def state(**saved):
-        return dict(kind="subnet", config=cfg.to_dict(), arch=list(arch), args=saved, **run)
+        return dict(kind="subnet", config=cfg.to_dict(), arch=list(arch),
+                    args=dict(decay_params="conv", **saved), **run)
 
     # a checkpoint from before the flag: made with the antialiased resize
     script.check_resume(state(), "c.pth.tar", cfg, arch, run, args, "rgb", log, "antialias")
