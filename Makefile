@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test venv tables framework clean-demo
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
 	touch $(STAMP)
@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests $(TEST_ARGS)
 
 tables: $(STAMP)
-	PYTHON=$(PY) bash utils/get_flops_lookup_table.sh
+	PYTHON=$(PY) bash utils/flops/get_flops_lookup_table.sh
 
 framework: $(STAMP)
 	$(PY) tools/draw_framework.py --out framework.png

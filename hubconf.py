@@ -85,9 +85,9 @@ def subnet(space=None, arch=None, checkpoint=None, pretrained=False, dropout=Non
     and `class_names` (or None).
     """
     with _repo_imports():
-        from utils.hub import build_subnet
+        from utils.export.hub import build_subnet
         if pretrained and checkpoint is None:
-            from utils.cli import UserError
+            from utils.cli.common import UserError
             raise UserError("no BN-NAS weights are published for download: pass "
                             "checkpoint= (this project's eval-NAME/best.pth.tar or the "
                             "original's retrained checkpoint)")
@@ -106,7 +106,7 @@ def supernet(space=None, checkpoint=None, dropout=None, **space_config):
     kind="supernet") or the original release's supernet, whose weights are loaded.
     """
     with _repo_imports():
-        from utils.hub import build_supernet
+        from utils.export.hub import build_supernet
         loaded = build_supernet(space=space, checkpoint=checkpoint, dropout=dropout,
                                 **space_config)
     net = loaded.net

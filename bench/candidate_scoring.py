@@ -20,25 +20,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from utils import indicator  # noqa: E402
-from utils.cli import UserError, add_space_args, config_from_args, main_guard  # noqa: E402
-from utils.evolution import ChoiceSampler, EASettings, Evolution  # noqa: E402
-from utils.exact_search import solve  # noqa: E402
-from utils.flops import load_table  # noqa: E402
-from utils.search_limits import default_flops_limit  # noqa: E402
-from utils.spaces import IMAGENET, get_space, make_config  # noqa: E402
-from utils.spos_score import SposScorer  # noqa: E402
+from utils.search import indicator
+from utils.cli.common import UserError, add_space_args, config_from_args, main_guard
+from utils.search.evolution import ChoiceSampler, EASettings, Evolution
+from utils.search.exact import solve
+from utils.flops.table import load_table
+from utils.flops.limits import default_flops_limit
+from utils.spaces import IMAGENET, get_space, make_config
+from utils.search.spos import SposScorer
 
 
 def _best_of(fn, repeats: int) -> float:
@@ -107,7 +103,7 @@ def run(args) -> dict:
     tmp = None
     data = args.data
     if data is None:
-        from utils.demo_data import write_tree
+        from utils.data.demo import write_tree
         tmp = tempfile.TemporaryDirectory(prefix="bnnas-bench-")
         data = os.path.join(tmp.name, "data")
         per_train = -(-args.bn_batches * args.batch_size // cfg.classes)

@@ -1,6 +1,6 @@
 """Benchmark: training data-loader throughput per worker process, on full-size JPEG photos.
 
-This project's loader (`utils.data.build_train_loader`: uint8 crops from the workers,
+This project's loader (`utils.data.loaders.build_train_loader`: uint8 crops from the workers,
 float conversion + normalisation in `prepare`, reduced JPEG decoding where the crop
 allows it) against the plain torchvision recipe (ImageFolder + PIL decode,
 RandomResizedCrop(224), RandomHorizontalFlip, ToTensor, Normalize in the worker), with
@@ -37,17 +37,13 @@ import sys
 import tempfile
 import time
 
-if __package__ in (None, ""):
-    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if _root not in sys.path:
-        sys.path.insert(0, _root)
 
 import numpy as np
 import torch
 from PIL import Image, features
 
-from utils.cli import UserError, main_guard
-from utils.data import IMAGENET_MEAN, IMAGENET_STD, build_train_loader, scan_image_folder
+from utils.cli.common import UserError, main_guard
+from utils.data.loaders import IMAGENET_MEAN, IMAGENET_STD, build_train_loader, scan_image_folder
 from utils.dist import DistEnv
 
 # scikit-image's colour photographs (its other samples are greyscale or drawings).
@@ -190,7 +186,7 @@ def describe_set(root: str) -> dict:
 # ---- the two pipelines -----------------------------------------------------------------
 
 class ProjectPipeline:
-    """utils.data.build_train_loader + prepare (device-side normalisation; CPU here)."""
+    """utils.data.loaders.build_train_loader + prepare (device-side normalisation; CPU here)."""
 
     name = "project"
 

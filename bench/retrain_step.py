@@ -1,6 +1,6 @@
 """Bench: images/second of one retraining step (forward + backward + SGD) of a subnet.
 
-The step is the retrain script's own (`utils.subnet_train.SubnetTrainer`: label smoothing,
+The step is the retrain script's own (`utils.train.subnet.SubnetTrainer`: label smoothing,
 grad-norm clip, SGD with momentum and weight decay), timed on a fixed random batch with
 and without channels_last and bf16 autocast. CPU defaults are tiny (batch 1, one timed
 step after one warm-up) because a CPU without native bf16 (AVX2 only) emulates it very
@@ -14,25 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
 
-if __package__ in (None, ""):
-    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if _root not in sys.path:
-        sys.path.insert(0, _root)
 
 import torch
 
-from utils.cli import UserError, add_space_args, config_from_args, main_guard
+from utils.cli.common import UserError, add_space_args, config_from_args, main_guard
 from utils.dist import DistEnv
-from utils.engine import Amp
-from utils.flops import load_table
+from utils.train.engine import Amp
+from utils.flops.table import load_table
 from utils.spaces import get_space
-from utils.subnet_io import published_arch
-from utils.subnet_train import SubnetTrainer
+from utils.checkpoints.subnet import published_arch
+from utils.train.subnet import SubnetTrainer
 
 MODES = {  # name -> (amp, channels_last)
     "fp32": ("none", False),

@@ -15,23 +15,18 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
 import sys
 import time
 
-if __package__ in (None, ""):
-    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if _root not in sys.path:
-        sys.path.insert(0, _root)
 
 import torch
 
-from utils.cli import main_guard
+from utils.cli.common import main_guard
 from utils.dist import DistEnv
-from utils.engine import Amp
+from utils.train.engine import Amp
 from utils.spaces import get_space, make_config
-from utils.supernet_train import SupernetTrainer, sample_path
+from utils.train.supernet import SupernetTrainer, sample_path
 
 SIZES = {
     # name: (space config kwargs, default batch on CPU, default batch on CUDA)
@@ -208,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
-    from utils.cli import UserError
+    from utils.cli.common import UserError
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -7,7 +7,7 @@
     python3 retrain/export.py --model_id "..." --input-size 32 --classes 10 --out /tmp/try
 
 Writes DIR/model.onnx, DIR/model.ts.pt and DIR/arch.json once ONNX Runtime and TorchScript
-agree with the PyTorch model on a random batch (utils/export.py). Needs onnx and
+agree with the PyTorch model on a random batch (utils/export/writers.py). Needs onnx and
 onnxruntime (pip install -r requirements-export.txt).
 """
 from __future__ import annotations
@@ -16,19 +16,15 @@ import argparse
 import os
 import sys
 
-if __package__ in (None, ""):
-    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if _root not in sys.path:
-        sys.path.insert(0, _root)
 
-from utils.cli import (ArgumentParser, add_space_args, finite_float, int_range, main_guard,
+from utils.cli.common import (ArgumentParser, add_space_args, finite_float, int_range, main_guard,
                        seed_int)
-from utils.config_file import add_config_arg
-from utils.subnet_io import unset_space_defaults
+from utils.cli.config_file import add_config_arg
+from utils.checkpoints.subnet import unset_space_defaults
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from utils.export import OPSET
+    from utils.export.writers import OPSET
     p = ArgumentParser(
         description="Export a retrained BN-NAS subnet to ONNX and TorchScript, with an "
                     "architecture card (arch.json).",
@@ -60,8 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @main_guard
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from utils.export import check_out_dir, export_subnet, require_dependencies
-    from utils.hub import CONFIG_KEYS, build_subnet
+    from utils.export.writers import check_out_dir, export_subnet, require_dependencies
+    from utils.export.hub import CONFIG_KEYS, build_subnet
     require_dependencies()
     check_out_dir(args.out)
     loaded = build_subnet(space=args.space, arch=args.model_id, checkpoint=args.checkpoint,

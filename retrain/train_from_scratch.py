@@ -22,35 +22,32 @@ import os
 import sys
 import time
 
-if __package__ in (None, ""):
-    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if _root not in sys.path:
-        sys.path.insert(0, _root)
 
 import torch
 
-from utils import checkpoint as ckpt
-from utils.config_file import add_config_arg, space_settings, write_settings
-from utils.cli import (ArgumentParser, UserError, add_space_args, batch_size_int, fraction,
+from utils import files
+from utils.checkpoints import io as ckpt
+from utils.cli.config_file import add_config_arg, space_settings, write_settings
+from utils.cli.common import (ArgumentParser, UserError, add_space_args, batch_size_int, fraction,
                        main_guard, momentum_float, nonneg_float, nonneg_int, positive_int,
                        seed_int)
-from utils.data import (DEFAULT_INPUT_FORMAT, DEFAULT_RESIZE_MODE, add_augment_args,
+from utils.data.loaders import (DEFAULT_INPUT_FORMAT, DEFAULT_RESIZE_MODE, add_augment_args,
                         add_data_args, augment_kwargs, build_train_loader, build_val_loader,
                         first_unreadable_image)
 from utils.dist import (DistEnv, add_launcher_args, all_gather_objects, all_reduce_sum, barrier,
                         cleanup, collective_guard, describe, maybe_freeze, setup)
-from utils.engine import (Amp, GracefulStop, LossGuard, MetricsLogger, NonFiniteError,
+from utils.train.engine import (Amp, GracefulStop, LossGuard, MetricsLogger, NonFiniteError,
                           ProgressBar, Timer, add_amp_args, report_changed_hyper,
                           resolve_channels_last, rng_state, seed_everything, set_rng_state)
-from utils.data_identity import check_resume_data, label_map, loader_fingerprint
-from utils.flops import load_table
-from utils.lock import OutputLock
+from utils.data.identity import check_resume_data, label_map, loader_fingerprint
+from utils.flops.table import load_table
+from utils.checkpoints.lock import OutputLock
 from utils.spaces import SpaceConfig, get_space
-from utils.subnet_io import (SubnetCheckpoint, arch_from_log, load_subnet_state, published_arch,
+from utils.checkpoints.subnet import (SubnetCheckpoint, arch_from_log, load_subnet_state, published_arch,
                              read_subnet_checkpoint, resolve_config, subnet_state,
                              unset_space_defaults)
-from utils.subnet_train import SubnetTrainer, sync_buffers
-from utils.validate import EvalResult, evaluate
+from utils.train.subnet import SubnetTrainer, sync_buffers
+from utils.train.evaluate import EvalResult, evaluate
 
 # Settings that fix which samples and LR each iteration gets: a checkpoint made with other
 # values cannot be continued exactly, so resuming with them changed is refused.
@@ -144,7 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.set_defaults(input_format=None)
     add_config_arg(p, "retrain/train_from_scratch.py")
     args = p.parse_args(argv)
-    # Numeric ranges are checked while parsing (the utils.cli types above).
+    # Numeric ranges are checked while parsing (the utils.cli.common types above).
     if args.model_id is not None and args.arch_from is not None:
         raise UserError("give either --model_id or --arch-from, not both")
     return args
@@ -274,7 +271,7 @@ def run_eval(args: argparse.Namespace, env: DistEnv) -> int:
     if not args.test_dir:
         raise UserError("--test_dir is required (an ImageFolder directory: <root>/<class>/<image>)")
     if args.save and env.is_main:  # eval.json goes there: refuse an unwritable place now
-        ckpt.check_output_dir(save_dir, "the --save folder")
+        files.check_output_dir(save_dir, "the --save folder")
     loaded = read_subnet_checkpoint(path)
     arch, cfg, source = choose_arch(args, _count_class_dirs(args.test_dir), loaded)
     space = get_space(cfg)
@@ -313,7 +310,7 @@ def run_eval(args: argparse.Namespace, env: DistEnv) -> int:
               f"valid_loss {res.loss:.4f}  ({res.correct1}/{res.samples} correct)", flush=True)
         if args.save:
             out = os.path.join(save_dir, "eval.json")
-            ckpt.write_json_atomic(dict(valid_acc_top1=res.top1, valid_acc_top5=res.top5,
+            files.write_json_atomic(dict(valid_acc_top1=res.top1, valid_acc_top5=res.top5,
                                         valid_loss=res.loss, correct_top1=res.correct1,
                                         correct_top5=res.correct5, samples=res.samples,
                                         checkpoint=path, arch=list(arch), config=cfg.to_dict(),
@@ -477,7 +474,7 @@ def fix_result(save_dir: str, state: dict, arch, cfg: SpaceConfig, best: dict,
     if isinstance(old, dict) and all(old.get(k) == want[k] for k in
                                      ("iters", "best_acc_top1", "best_iters")):
         return
-    ckpt.write_json_atomic(want, path)
+    files.write_json_atomic(want, path)
     log(f"note: {'wrote the missing' if old is None else 'corrected'} {path} (best top-1 "
         f"{best['top1']:.4f} at iteration {best['iters']}, as best.pth.tar holds)")
 
@@ -587,7 +584,7 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
                               f"{total} iterations of {spe} per epoch"])
     metrics_path = os.path.join(save_dir, "metrics.jsonl")
     if state is not None and env.is_main:
-        dropped = ckpt.trim_metrics(metrics_path, start)
+        dropped = files.trim_metrics(metrics_path, start)
         if dropped:
             log(f"note: dropped {dropped} row(s) of {metrics_path} logged after iteration "
                 f"{start} (the checkpoint's), so they are not logged twice")
@@ -641,7 +638,7 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
             # best.pth.tar first, then the checkpoint that records it: a crash in between
             # leaves best ahead of the checkpoint, which reconcile_best sorts out on resume.
             ckpt.save_atomic(state, best_path)
-            ckpt.fault("retrain-after-best")
+            files.fault("retrain-after-best")
         ckpt.save_atomic(state, ckpt_path)
 
     def validate_now() -> EvalResult:
@@ -652,7 +649,7 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
     def validate_point() -> None:
         """Validate iteration `it` (already saved), then save what it found, then log it."""
         nonlocal best, last_eval
-        ckpt.fault("retrain-validate")
+        files.fault("retrain-validate")
         res = validate_now()
         improved = res.top1 > best["top1"]
         if improved:
@@ -721,7 +718,7 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
         return stop.exit_code()
     result = result_record(arch, cfg, info, it, best, last_eval, prior_time + elapsed)
     if env.is_main:
-        ckpt.write_json_atomic(result, os.path.join(save_dir, "result.json"))
+        files.write_json_atomic(result, os.path.join(save_dir, "result.json"))
     log(f"finished {total} iterations ({done} in this run, {ips:.1f} images/s); best "
         f"valid_acc_top1 {best['top1']:.4f} valid_acc_top5 {best['top5']:.4f} at iteration "
         f"{best['iters']} -> {best_path}")
@@ -754,12 +751,12 @@ def main(argv: list[str] | None = None) -> int:
                 return run_eval(args, env)
             save_dir = save_dir_of(args)
             if env.is_main:  # before any work: an output folder that cannot be written
-                ckpt.check_output_dir(save_dir, "the --save folder")
+                files.check_output_dir(save_dir, "the --save folder")
             # One run per eval-NAME/ (rank 0 holds the lock), released however we exit.
             with OutputLock(os.path.join(save_dir, LOCK_NAME), what=save_dir,
                             enabled=env.is_main, log=_note):
                 if env.is_main:
-                    ckpt.clean_stale_temps(*(os.path.join(save_dir, n) for n in OUTPUT_FILES),
+                    files.clean_stale_temps(*(os.path.join(save_dir, n) for n in OUTPUT_FILES),
                                            log=_note)
                 return train(args, env)
     finally:

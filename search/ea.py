@@ -6,17 +6,12 @@
 Reads ./checkpoint.pth.tar (ours, or a reference BN-NAS supernet), writes
 log/ea_results.pth.tar and log/ea_results.json; rerun the same command to resume.
 --flops-limit takes MFLOPs (475, 475M) or, as the reference, multiply-adds (475e6).
-`python3 ea.py -h` lists the flags; the logic lives in utils/search_run.py.
+`python3 ea.py -h` lists the flags; the logic lives in utils/search/run.py.
 """
-import os
-import sys
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
-from utils.cli import main_guard  # noqa: E402
-from utils.search_run import build_parser, run_search  # noqa: E402
+from utils.cli.common import main_guard
+from utils.search.run import build_parser, run_search
 
 
 @main_guard

@@ -7,20 +7,16 @@ Reads log/ea_results.json (or ea_results.pth.tar, ours or the reference release'
 or SPOS) and prints every logged candidate plus the exact optimum, deduplicated, best
 score first: the architecture string (ready for retrain's --model_id), score, FLOPs and
 params; for an original SPOS log the score is top-1 % and top-5 % is shown too.
-The first line is what retrain's --arch-from LOG_DIR picks (utils.search_log.best_arch).
---plot also draws the log (utils.plots.plot_search_log) into the log folder or --plot-dir.
+The first line is what retrain's --arch-from LOG_DIR picks (utils.search.log.best_arch).
+--plot also draws the log (utils.plots.figures.plot_search_log) into the log folder or --plot-dir.
 """
 import os
-import sys
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
-from utils.checkpoint import dumps_json  # noqa: E402
-from utils.cli import ArgumentParser, UserError, main_guard, positive_int  # noqa: E402
-from utils.config_file import add_config_arg  # noqa: E402
-from utils.search_log import load_log, ranked  # noqa: E402
+from utils.files import dumps_json
+from utils.cli.common import ArgumentParser, UserError, main_guard, positive_int
+from utils.cli.config_file import add_config_arg
+from utils.search.log import load_log, ranked
 
 
 def _m(x) -> str:
@@ -76,7 +72,7 @@ def main(argv=None) -> None:
               + (f"{t5:>9}  " if top5 else "")
               + f"{_m(c.get('flops')):>9}  {_m(c.get('params')):>7}  {c['found_by']}{gen}")
     if diag is not None:
-        from utils.search_diagnostics import spread_lines
+        from utils.search.diagnostics import spread_lines
         from utils.spaces import SpaceConfig, get_space
         for line in spread_lines(get_space(SpaceConfig.from_dict(log["config"])), diag):
             print(line)
@@ -91,14 +87,14 @@ def _diagnostics(log: dict) -> dict | None:
     if log.get("score_kind") != "indicator" or not log.get("indicator") or not log.get("config"):
         return None
     import numpy as np
-    from utils.search_diagnostics import diagnose
+    from utils.search.diagnostics import diagnose
     from utils.spaces import SpaceConfig, get_space
     space = get_space(SpaceConfig.from_dict(log["config"]))
     return diagnose(space, np.asarray(log["indicator"], dtype=np.float64))
 
 
 def _plot(args, log: dict) -> tuple[list[str], list[str]]:
-    from utils.plots import plot_search_log  # matplotlib only when asked for
+    from utils.plots.figures import plot_search_log  # matplotlib only when asked for
     log_dir = args.log_dir if os.path.isdir(args.log_dir) else os.path.dirname(
         os.path.abspath(args.log_dir))
     out = args.plot_dir or log_dir

@@ -16,29 +16,26 @@ import os
 import sys
 import time
 
-if __package__ in (None, ""):
-    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if _root not in sys.path:
-        sys.path.insert(0, _root)
 
 import torch
 
-from utils import checkpoint as ckpt
-from utils.config_file import add_config_arg, settings_path_for, space_settings, write_settings
-from utils.cli import (ArgumentParser, UserError, add_space_args, batch_size_int,
+from utils import files
+from utils.checkpoints import io as ckpt
+from utils.cli.config_file import add_config_arg, settings_path_for, space_settings, write_settings
+from utils.cli.common import (ArgumentParser, UserError, add_space_args, batch_size_int,
                        config_from_args, fraction, main_guard, momentum_float, nonneg_float,
                        nonneg_int, positive_int, seed_int)
-from utils.data import add_augment_args, add_data_args, augment_kwargs, build_train_loader
-from utils.data_identity import check_resume_data, loader_fingerprint
+from utils.data.loaders import add_augment_args, add_data_args, augment_kwargs, build_train_loader
+from utils.data.identity import check_resume_data, loader_fingerprint
 from utils.dist import (DistEnv, add_launcher_args, all_reduce_sum, barrier, broadcast_tensors,
                         cleanup, collective_guard, describe, maybe_freeze, setup)
-from utils.engine import (Amp, GracefulStop, LossGuard, MetricsLogger, NonFiniteError,
+from utils.train.engine import (Amp, GracefulStop, LossGuard, MetricsLogger, NonFiniteError,
                           ProgressBar, Timer, add_amp_args, metrics_path_for,
                           report_changed_hyper,
                           resolve_channels_last, rng_state, seed_everything, set_rng_state)
-from utils.lock import OutputLock
+from utils.checkpoints.lock import OutputLock
 from utils.spaces import get_space
-from utils.supernet_train import BN_PARAM_CHOICES, SupernetTrainer
+from utils.train.supernet import BN_PARAM_CHOICES, SupernetTrainer
 
 # The original's defaults (docs/method.md, "Recipes"): BN-NAS trains 10 epochs, SPOS 100.
 EPOCHS_BN_NAS, EPOCHS_SPOS = 10, 100
@@ -113,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.train_all and (args.bn_params != "indicator" or args.train_classifier):
         raise UserError("--bn-params and --train-classifier choose what a BN-only supernet "
                         "trains; with --train-all every parameter trains already")
-    # Numeric ranges are checked while parsing (the utils.cli types above).
+    # Numeric ranges are checked while parsing (the utils.cli.common types above).
     return args
 
 
@@ -188,12 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with collective_guard(env):
             if env.is_main:  # before any work: a path that cannot be written fails now
-                ckpt.check_output_path(args.checkpoint, "--checkpoint")
+                files.check_output_path(args.checkpoint, "--checkpoint")
             # One run per checkpoint (rank 0 holds the lock), released however we exit.
             with OutputLock(args.checkpoint + ".lock", what=args.checkpoint,
                             enabled=env.is_main, log=_note):
                 if env.is_main:
-                    ckpt.clean_stale_temps(args.checkpoint, metrics_path_for(args.checkpoint),
+                    files.clean_stale_temps(args.checkpoint, metrics_path_for(args.checkpoint),
                                            settings_path_for(args.checkpoint), log=_note)
                 return train(args, env)
     finally:
@@ -276,7 +273,7 @@ def train(args: argparse.Namespace, env: DistEnv) -> int:
                               f"images, {loader.num_classes} classes"])
     metrics = metrics_path_for(args.checkpoint)
     if state is not None and env.is_main:
-        dropped = ckpt.trim_metrics(metrics, start)
+        dropped = files.trim_metrics(metrics, start)
         if dropped:
             _note(f"note: dropped {dropped} row(s) of {metrics} logged after iteration "
                   f"{start} (the checkpoint's), so they are not logged twice")

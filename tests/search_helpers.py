@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from utils.checkpoint import save_atomic
+from utils.checkpoints.io import save_atomic
 from utils.spaces import get_space, make_config
 
 TINY = dict(input_size=32, width_mult=0.25, classes=4)

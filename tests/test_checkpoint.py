@@ -1,4 +1,4 @@
-"""utils.checkpoint: atomic writes leave no temp files, keep normal permissions, and
+"""utils.checkpoints.io: atomic writes leave no temp files, keep normal permissions, and
 loading refuses what is not a checkpoint in one line."""
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import stat
 import pytest
 import torch
 
-from utils import checkpoint as ckpt
-from utils.cli import UserError
+from utils import files
+from utils.checkpoints import io as ckpt
+from utils.cli.common import UserError
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def umask_022():
 
 def test_atomic_writes_get_umask_permissions_and_leave_no_temp(tmp_path, umask_022):
     j, t = str(tmp_path / "a.json"), str(tmp_path / "c.pth.tar")
-    ckpt.write_json_atomic({"x": 1}, j)
+    files.write_json_atomic({"x": 1}, j)
     ckpt.save_atomic({"w": torch.ones(2)}, t)
     for path in (j, t):
         # mkstemp alone would leave 0600: unreadable to the rest of a team

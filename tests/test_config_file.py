@@ -1,4 +1,4 @@
-"""--config FILE.yaml (utils/config_file.py): every stage reads one, every run writes its
+"""--config FILE.yaml (utils/cli/config_file.py): every stage reads one, every run writes its
 resolved settings as one, and that file reruns the same result."""
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def test_supernet_config_equals_flags_and_written_file_reruns(tiny_data, tmp_pat
     assert any(line.startswith("# command: supernet/main.py --train_dir") for line in header)
     assert any("written 20" in line for line in header)
     from supernet.main import parse_args
-    from utils.config_file import _INFO
+    from utils.cli.config_file import _INFO
     args = parse_args(["--train_dir", train])
     keys = list(_INFO[id(args)].keys)
     assert list(data) == keys
@@ -184,7 +184,7 @@ def test_bad_file_is_one_line(tmp_path, capsys, text, message):
 
 
 def test_missing_or_unreadable_file_is_one_line(tmp_path, capsys):
-    from utils.search_run import build_parser
+    from utils.search.run import build_parser
     for path, message in ((tmp_path / "nope.yaml", "no such file"),
                           (tmp_path, "is a folder, not a YAML file")):
         with pytest.raises(SystemExit) as e:
@@ -213,7 +213,7 @@ def test_bad_file_from_the_command_line_no_traceback(tmp_path):
 
 def _parsers():
     from supernet.main import parse_args as supernet_parse
-    from utils.search_run import build_parser
+    from utils.search.run import build_parser
     retrain = _load("retrain_cfg", "retrain/train_from_scratch.py")
     return dict(supernet=supernet_parse, search=lambda a: build_parser().parse_args(a),
                 retrain=retrain.parse_args)
@@ -262,7 +262,7 @@ def test_imagenet_recipes_are_the_scripts_defaults():
     s = parse["search"](cfg("search_imagenet.yaml"))
     assert (s.max_epochs, s.population_num, s.select_num, s.crossover_num, s.mutation_num,
             s.m_prob, s.flops_limit) == (20, 50, 10, 25, 25, 0.1, "475")
-    from utils.search_limits import default_flops_limit
+    from utils.flops.limits import default_flops_limit
     from utils.spaces import IMAGENET, get_space, make_config
     assert default_flops_limit(make_config("mobilenet", **IMAGENET))[0] == 475
     assert _plain(s) == dict(_plain(parse["search"](

@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 
 from conftest import ROOT
-from utils.cli import UserError
-from utils.data import (CROP_RATIO, DEFAULT_RESIZE_MODE, PCA_EIGVAL, PCA_EIGVEC,
+from utils.cli.common import UserError
+from utils.data.loaders import (CROP_RATIO, DEFAULT_RESIZE_MODE, PCA_EIGVAL, PCA_EIGVEC,
                         PCA_EIGVEC_RGB, SeededImageFolder, _sample_seed, add_augment_args,
                         add_data_args, augment_kwargs, build_train_loader, build_val_loader,
                         jpeg_reduction, linear_resize, pca_lighting_offset, prepare_batch,
@@ -331,7 +331,7 @@ def _retrain_script():
 
 
 def test_eval_of_an_original_checkpoint_defaults_to_its_resize():
-    from utils.subnet_io import SubnetCheckpoint
+    from utils.checkpoints.subnet import SubnetCheckpoint
     script = _retrain_script()
     reference = SubnetCheckpoint("ref.pth.tar", "reference", {})
     ours_old = SubnetCheckpoint("old.pth.tar", "subnet", {}, raw=dict(args={}))

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from conftest import run_env
-from utils.data import (IMAGENET_MEAN, IMAGENET_STD, SeededImageFolder, _sample_seed,
+from utils.data.loaders import (IMAGENET_MEAN, IMAGENET_STD, SeededImageFolder, _sample_seed,
                         build_train_loader, decode_rgb, jpeg_reduction, prepare_batch,
                         random_resized_crop_params, val_resize_size)
 from utils.dist import DistEnv
@@ -179,7 +179,7 @@ def test_script_exits_after_a_partial_epoch_with_persistent_workers(tiny_data, t
     # with SIGTERM and joins them, so live workers at exit used to hang the process.
     script = tmp_path / "partial.py"
     script.write_text(textwrap.dedent(f"""
-        from utils.data import build_train_loader, build_val_loader
+        from utils.data.loaders import build_train_loader, build_val_loader
         from utils.dist import DistEnv
 
         kept = []

@@ -1,4 +1,4 @@
-"""Tests for utils/demo_data.py.
+"""Tests for utils/data/demo.py.
 
 CI has no Debian dataset-fashion-mnist package, so everything here uses the
 committed slice or tiny synthetic idx files written into tmp_path.
@@ -19,9 +19,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # pytest puts tests/ on sys.path, not the repo root.
 sys.path.insert(0, str(REPO_ROOT))
 
-from utils import demo_data as dd  # noqa: E402
+from utils.data import demo as dd  # noqa: E402
 
-SCRIPT = REPO_ROOT / "utils" / "demo_data.py"
+SCRIPT = REPO_ROOT / "tools" / "demo_data.py"
 FOLDERS = ["0_tshirt_top", "1_trouser", "2_pullover", "3_dress", "4_coat",
            "5_sandal", "6_shirt", "7_sneaker", "8_bag", "9_ankle_boot"]
 
@@ -180,9 +180,10 @@ def test_foreign_directory_is_not_overwritten(tmp_path):
     assert (out / "notes.txt").read_text() == "keep me"
 
 
-def test_module_invocation_works():
-    proc = run_cli("-m", "utils.demo_data", "--help")
-    assert proc.returncode == 0 and "--source" in proc.stdout
+def test_script_runs_from_any_folder(tmp_path):
+    # The installed checkout is the bootstrap: no sys.path shim, so cwd must not matter.
+    proc = run_cli(SCRIPT, "--help", cwd=tmp_path)
+    assert proc.returncode == 0 and "--source" in proc.stdout, proc.stderr
 
 
 # ------------------------------------------------------------- bad input

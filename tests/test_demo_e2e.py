@@ -10,7 +10,7 @@ import sys
 import torch
 
 from tests.conftest import ROOT, run_env
-from utils.flops import load_table
+from utils.flops.table import load_table
 from utils.spaces import SpaceConfig, get_space
 
 
@@ -53,7 +53,7 @@ def test_demo_pipeline_hands_off_between_stages(tmp_path):
     best = space.validate(log["best"]["arch"])
     assert table.flops_of(best) == log["best"]["flops"] <= log["flops_limit"]
     assert log["exact"]["score"] >= log["best"]["score"] - 1e-9
-    from utils.search_log import best_arch
+    from utils.search.log import best_arch
     winner, log_cfg = best_arch(os.path.join(out, "search"))
     assert log_cfg == cfg
 

@@ -8,8 +8,8 @@ from torch import nn
 
 from utils.dist import DistEnv
 from utils.spaces import get_space, make_config
-from utils.subnet_train import SubnetTrainer
-from utils.supernet_train import SupernetTrainer
+from utils.train.subnet import SubnetTrainer
+from utils.train.supernet import SupernetTrainer
 
 PUBLISHED = "3 -1 0 4 0 -1 -1 0 4 -1 4 4 1 4 2 0 0 4 0 2 2"
 

@@ -12,7 +12,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tests.conftest import ROOT, run_env
-from utils.flops import FlopsTable, committed_dir, load_table, table_path
+from utils.flops.table import FlopsTable, committed_dir, load_table, table_path
 from utils.spaces import get_space, make_config
 
 PUBLISHED = [  # docs/method.md, "Counting FLOPs and parameters"
@@ -96,7 +96,7 @@ def test_table_json_roundtrip_and_rebuild(tmp_path, monkeypatch):
     assert np.array_equal(again.flops, table.flops) and again.base_flops == table.base_flops
     # A wrong table in a folder given explicitly is refused in one line, never used.
     good = dict(d, layers=[dict(l) for l in d["layers"]])
-    from utils.cli import UserError
+    from utils.cli.common import UserError
     edits = {
         "another config": lambda t: t["key"].__setitem__("classes", 11),
         "base_flops is -1": lambda t: t.__setitem__("base_flops", -1),
@@ -141,7 +141,7 @@ def test_committed_imagenet_tables_are_current():
     for name in ("mobilenet", "shufflenet"):
         space = get_space(name)
         path = table_path(space.config, committed_dir())
-        assert os.path.exists(path), f"run utils/get_flops_lookup_table.sh ({path} missing)"
+        assert os.path.exists(path), f"run utils/flops/get_flops_lookup_table.sh ({path} missing)"
         with open(path) as f:
             saved = FlopsTable.from_json(json.load(f))
         fresh = FlopsTable.build(space)
@@ -149,7 +149,7 @@ def test_committed_imagenet_tables_are_current():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "utils", "flops.py"), *args],
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "flops.py"), *args],
                           capture_output=True, text=True, env=run_env(), cwd="/")
 
 

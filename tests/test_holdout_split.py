@@ -1,4 +1,4 @@
-"""tools/make_holdout_split.py and utils/holdout_split.py: a seeded, class-balanced
+"""tools/make_holdout_split.py and utils/data/holdout.py: a seeded, class-balanced
 held-out split of an ImageFolder train set as two symlink trees."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from conftest import ROOT, run_env
-from utils import holdout_split as hs
-from utils.data import scan_image_folder
+from utils.data import holdout as hs
+from utils.data.loaders import scan_image_folder
 
 SCRIPT = os.path.join(ROOT, "tools", "make_holdout_split.py")
 SIZES = (6, 7, 8, 9, 10)  # uneven classes: the --total remainder has to go somewhere
@@ -350,7 +350,7 @@ def test_supernet_on_the_train_tree_never_reads_a_holdout_image(tiny_data, tmp_p
     assert len(held_targets) == 12 and len(train_targets) == 36
 
     # What the loader will index: exactly the train tree, none of the held-out images.
-    from utils.data import build_train_loader
+    from utils.data.loaders import build_train_loader
     from utils.dist import setup
     env = setup(None, "cpu")
     loader = build_train_loader(os.path.join(out, "train"), 32, 8, env, 0, 0)

@@ -1,4 +1,4 @@
-"""torch.hub entries (hubconf.py) and the exporter (retrain/export.py, utils/export.py).
+"""torch.hub entries (hubconf.py) and the exporter (retrain/export.py, utils/export/writers.py).
 
 The retrained checkpoint is made by the retrain script itself (2 iterations on the tiny
 data), so the hub and the exporter read exactly what retraining writes. Exported files are
@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from conftest import ROOT, randomise_bn, run_env
-from utils.checkpoint import load, save_atomic
-from utils.cli import UserError
-from utils.flops import load_table
+from utils.checkpoints.io import load, save_atomic
+from utils.cli.common import UserError
+from utils.flops.table import load_table
 from utils.spaces import get_space, make_config
 
 MOBILENET = "3 -1 0 4 0 -1 -1 0 4 -1 4 4 1 4 2 0 0 4 0 2 2"  # BN-NAS, published
@@ -95,7 +95,7 @@ def retrained(tiny_data, tmp_path_factory, tables):
 
 
 def own_net(path: str) -> torch.nn.Module:
-    """The checkpoint's network, built from its own record (not through utils/hub.py)."""
+    """The checkpoint's network, built from its own record (not through utils/export/hub.py)."""
     ck = load(path)
     net = get_space(ck["config"]).subnet(ck["arch"])
     net.load_state_dict({k.removeprefix("module."): v for k, v in ck["state_dict"].items()})
@@ -281,7 +281,7 @@ def test_export_refusals(tmp_path, capsys, monkeypatch, tables):
     assert a_file.read_text() == "x"
 
     # Outputs that disagree with PyTorch: one line, and no folder (nor temp) left behind.
-    import utils.export as export
+    import utils.export.writers as export
     real = export.onnx_outputs
     monkeypatch.setattr(export, "onnx_outputs", lambda p, x: real(p, x) + 1e-3)
     target = tmp_path / "bad"

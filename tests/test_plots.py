@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import run_env
 from search_helpers import hand_gammas, save_supernet, tiny_config
 from search_helpers import search_table_dir  # noqa: F401 - a fixture, used by name
-from utils.plots import generation_stats, pareto_front, plot_ranking, plot_search_log
+from utils.plots.figures import generation_stats, pareto_front, plot_ranking, plot_search_log
 from utils.spaces import get_space
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 
 from conftest import run_env, write_imagefolder
-from utils.arch_sampling import stratified_by_flops
-from utils.cli import UserError
-from utils.flops import load_table
-from utils.ranking import (average_ranks, bootstrap_indices, correlate, interval,
+from utils.spaces.sampling import stratified_by_flops
+from utils.cli.common import UserError
+from utils.flops.table import load_table
+from utils.study.stats import (average_ranks, bootstrap_indices, correlate, interval,
                            kendall_tau, paired_difference, spearman_rho)
-from utils.ranking_study import (RunOptions, StudySettings, StudyStopped, budget_key,
+from utils.study.ranking import (RunOptions, StudySettings, StudyStopped, budget_key,
                                  choose_budget, conclude, rank_statistics, run_stage,
                                  seed_agreement, spos_scores_key, stop_all, supernet_key)
-from utils.search_limits import cost_range, default_flops_limit
+from utils.flops.limits import cost_range, default_flops_limit
 from utils.spaces import get_space, make_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

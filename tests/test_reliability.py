@@ -10,7 +10,7 @@ after). FRESH_CASES build what they need in a fresh tmp_path and name the files 
 not change; WORK_CASES run in one shared work folder (a finished supernet checkpoint, a
 finished retrain run, search logs, data variants), all of whose files must not change.
 
-The fault-injection tests use the BNNAS_FAULT hook of utils/checkpoint.py (a disk-full
+The fault-injection tests use the BNNAS_FAULT hook of utils/checkpoints/io.py (a disk-full
 error or a SIGKILL inside a save, a crash between the best.pth.tar and checkpoint.pth.tar
 writes or while validating) and check that nothing on disk was lost and that the next run
 repairs and cleans up. Another test freezes one of two gloo processes and checks that the
@@ -39,10 +39,12 @@ from conftest import ROOT, run_env
 # _tables_env (autouse): every test gets the search tests' FLOPs-table folder, except those
 # on the shared work folder, whose `work_env` gives them their own (`tables`).
 from search_helpers import _tables_env, save_supernet, search_table_dir, tiny_config  # noqa: F401
-from utils import checkpoint as ckpt
-from utils.checkpoint import FaultInjected, load, save_atomic, write_json_atomic
-from utils.cli import UserError
-from utils.data_identity import label_map
+from utils import files
+from utils.checkpoints import io as ckpt
+from utils.checkpoints.io import load, save_atomic
+from utils.files import FaultInjected, write_json_atomic
+from utils.cli.common import UserError
+from utils.data.identity import label_map
 from utils.spaces import get_space, make_config
 
 SPACE = ["--input-size", "32", "--width-mult", "0.25"]
@@ -67,7 +69,7 @@ ARCH = [3, -1, 0, 4, 0, -1, -1, 0, 4, -1, 4, 4, 1, 4, 2, 0, 0, 4, 0, 2, 2]  # th
 SCRIPTS = dict(supernet="supernet.main", retrain="retrain.train_from_scratch",
                ea="search.ea", eval="search.eval", demo="tools.run_demo",
                ranking="tools.ranking_study", holdout="tools.make_holdout_split",
-               flops="utils.flops", demo_data="utils.demo_data")
+               flops="utils.flops.table", demo_data="utils.data.demo")
 
 
 def script(name: str):
@@ -188,7 +190,7 @@ def work(tmp_path_factory, tiny_data, tables):
         torch.save(dict(kind="supernet", evil=Evil()), os.path.join(d, "evil.pth.tar"))
         # Search logs: one whose best architecture is over its own FLOPs limit, one with a
         # malformed entry; a wrong FLOPs table in a folder given explicitly.
-        from utils.flops import FlopsTable, load_table, table_path
+        from utils.flops.table import FlopsTable, load_table, table_path
         space = get_space(CFG_R)
         arch = space.parse(script("retrain").published_arch("mobilenet"))
         flops = load_table(CFG_R).flops_of(arch)
@@ -543,7 +545,7 @@ def _metric_steps(path: str, key: str) -> list[int]:
 
 
 def _temps(folder: str) -> list[str]:
-    return [n for n in os.listdir(folder) if ckpt.TMP_MARK in n]
+    return [n for n in os.listdir(folder) if files.TMP_MARK in n]
 
 
 @pytest.mark.usefixtures("work_env")
@@ -747,11 +749,11 @@ def _strict(text: str):
 
 def test_json_outputs_never_hold_nan_or_infinity(tmp_path):
     """Non-finite values become null, with a "nonfinite" entry naming them (the policy of
-    utils.checkpoint.dumps_json, used by write_json_atomic, MetricsLogger, eval.py --json)."""
+    utils.files.dumps_json, used by write_json_atomic, MetricsLogger, eval.py --json)."""
     import numpy as np
 
     from utils.dist import DistEnv
-    from utils.engine import MetricsLogger
+    from utils.train.engine import MetricsLogger
 
     path = tmp_path / "result.json"
     write_json_atomic(dict(a=1.5, b=float("nan"), c=[float("inf"), np.float32(-np.inf)],

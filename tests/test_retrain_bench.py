@@ -8,9 +8,9 @@ import os
 
 
 from conftest import ROOT
-from utils.flops import load_table
+from utils.flops.table import load_table
 from utils.spaces import make_config
-from utils.subnet_io import published_arch
+from utils.checkpoints.subnet import published_arch
 
 
 def test_retrain_step_bench_json_and_table(tmp_path, monkeypatch, capsys):

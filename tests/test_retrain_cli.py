@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from conftest import ROOT
-from utils.checkpoint import load, save_atomic, write_json_atomic
+from utils.checkpoints.io import load, save_atomic
+from utils.files import write_json_atomic
 from utils.spaces import get_space, make_config
 
 
@@ -51,7 +52,7 @@ def write_search_log(log_dir: str) -> list[int]:
     The tie is broken by FLOPs, so the best one is not simply the first or the
     highest-scored entry listed. Returns that expected best architecture.
     """
-    from utils.flops import load_table
+    from utils.flops.table import load_table
     space = get_space(CFG)
     table = load_table(CFG, os.path.join(os.path.dirname(log_dir), "tables"))
     rng = np.random.default_rng(5)

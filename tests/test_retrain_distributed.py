@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from conftest import ROOT, randomise_bn, run_env, write_imagefolder
-from utils.checkpoint import load, save_atomic
-from utils.data import build_val_loader
+from utils.checkpoints.io import load, save_atomic
+from utils.data.loaders import build_val_loader
 from utils.dist import DistEnv
 from utils.spaces import get_space, make_config
-from utils.validate import evaluate
+from utils.train.evaluate import evaluate
 
 
 SCRIPT = os.path.join(ROOT, "retrain", "train_from_scratch.py")

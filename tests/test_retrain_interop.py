@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from utils.checkpoint import save_atomic
-from utils.cli import UserError
+from utils.checkpoints.io import save_atomic
+from utils.cli.common import UserError
 from utils.spaces import get_space, make_config
-from utils.subnet_io import (load_subnet_state, read_subnet_checkpoint, resolve_config,
+from utils.checkpoints.subnet import (load_subnet_state, read_subnet_checkpoint, resolve_config,
                              subnet_state)
 
 

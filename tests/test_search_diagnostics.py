@@ -6,7 +6,7 @@ import pytest
 
 from tests.search_helpers import (_tables_env, read_json, save_supernet,  # noqa: F401
                                   search_table_dir, tiny_config)
-from utils.search_diagnostics import diagnose, layer_spreads, spread_lines
+from utils.search.diagnostics import diagnose, layer_spreads, spread_lines
 from utils.spaces import get_space, make_config
 
 CFG = make_config("mobilenet", input_size=32, width_mult=0.5, classes=10, stem_stride=1)
@@ -60,7 +60,7 @@ def test_a_trained_looking_matrix_gives_no_warning():
 def test_ea_and_eval_warn_about_equal_last_layer_gammas(tmp_path, capsys):
     """End to end: a supernet whose last eight layers' gammas are all equal."""
     from search.eval import main as eval_main
-    from utils.search_run import build_parser, run_search
+    from utils.search.run import build_parser, run_search
     cfg = tiny_config()
     space = get_space(cfg)
     gammas = [[1.0 + 0.05 * ((i * 7 + op * 3) % 5) if i < 13 else 1.0

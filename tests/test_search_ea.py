@@ -1,6 +1,7 @@
 """search/ea.py and search/eval.py: scores, limits, logs, resuming, errors, interop."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -15,14 +16,23 @@ import torch
 from tests.conftest import ROOT, run_env
 from tests.search_helpers import (TINY_ARGS, _tables_env, hand_gammas, read_json,  # noqa: F401
                                   save_supernet, search_table_dir, tiny_config)
-from utils import flops as flops_cli
-from utils.checkpoint import save_atomic
-from utils.cli import main_guard
-from utils.evolution import EASettings, Evolution
-from utils.flops import load_table
-from utils.search_limits import cost_range, default_flops_limit
-from utils.search_log import best_arch, load_log, ranked
-from utils.search_run import build_parser, run_search
+from utils.checkpoints.io import save_atomic
+from utils.cli.common import main_guard
+from utils.search.evolution import EASettings, Evolution
+from utils.flops.table import load_table
+from utils.flops.limits import cost_range, default_flops_limit
+from utils.search.log import best_arch, load_log, ranked
+from utils.search.run import build_parser, run_search
+
+
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+flops_cli = _load_tool("flops")
 from utils.spaces import IMAGENET, get_space, make_config
 
 EA = os.path.join(ROOT, "search", "ea.py")
@@ -201,7 +211,7 @@ def test_kill_during_a_save_then_rerun_finishes_identically(hand_run, tmp_path, 
                                                             monkeypatch):
     """Die (as on SIGTERM/Ctrl-C) halfway through writing the 4th log: the previous log
     stays intact, and the rerun continues to the same result as an uninterrupted run."""
-    import utils.checkpoint as ckpt_mod
+    import utils.checkpoints.io as ckpt_mod
     ck = os.path.join(hand_run["dir"], "slim.pth.tar")
     common = ["--checkpoint", ck, "--max-epochs", "8", "--flops-limit", "1.2", "--method", "ea"]
     real_save, calls = ckpt_mod.save_atomic, [0]

@@ -1,13 +1,13 @@
-"""utils/exact_search.py: the knapsack DP equals brute force, and beats/ties the EA."""
+"""utils/search/exact.py: the knapsack DP equals brute force, and beats/ties the EA."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from utils.evolution import EASettings, Evolution
-from utils.exact_search import brute_force, solve
-from utils.flops import load_table
-from utils.search_limits import PUBLISHED_LIMITS_M, cost_range, default_flops_limit
+from utils.search.evolution import EASettings, Evolution
+from utils.search.exact import brute_force, solve
+from utils.flops.table import load_table
+from utils.flops.limits import PUBLISHED_LIMITS_M, cost_range, default_flops_limit
 from utils.spaces import IMAGENET, get_space, make_config
 
 

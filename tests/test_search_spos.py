@@ -1,4 +1,4 @@
-"""utils/spos_score.py and `ea.py --score accuracy`: the SPOS baseline scoring."""
+"""utils/search/spos.py and `ea.py --score accuracy`: the SPOS baseline scoring."""
 from __future__ import annotations
 
 import os
@@ -10,11 +10,11 @@ from torch import nn
 
 from tests.search_helpers import (_tables_env, read_json, save_supernet,  # noqa: F401
                                   search_table_dir, tiny_config)
-from utils.cli import main_guard
-from utils.data import prepare_batch
-from utils.search_run import build_parser, run_search
+from utils.cli.common import main_guard
+from utils.data.loaders import prepare_batch
+from utils.search.run import build_parser, run_search
 from utils.spaces import get_space
-from utils.spos_score import SposScorer
+from utils.search.spos import SposScorer
 
 
 @main_guard

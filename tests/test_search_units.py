@@ -11,10 +11,10 @@ import torch
 from tests.conftest import ROOT, run_env
 from tests.search_helpers import (_tables_env, hand_gammas, read_json,  # noqa: F401
                                   search_table_dir)
-from utils.cli import UserError, main_guard
-from utils.flops import load_table
-from utils.search_limits import RAW_COUNT_FROM, cost_range, parse_limit
-from utils.search_run import build_parser, run_search
+from utils.cli.common import UserError, main_guard
+from utils.flops.table import load_table
+from utils.flops.limits import RAW_COUNT_FROM, cost_range, parse_limit
+from utils.search.run import build_parser, run_search
 from utils.spaces import IMAGENET, get_space, make_config
 
 EA = os.path.join(ROOT, "search", "ea.py")

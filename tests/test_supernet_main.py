@@ -44,7 +44,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tiny_data, tmp_path, monke
     # a checkpoint at iteration 3 is written, exit 143.
     cut = str(tmp_path / "cut" / "checkpoint.pth.tar")
     cmd = [*train, "--workers", "1", "--checkpoint", cut]
-    from utils.supernet_train import SupernetTrainer
+    from utils.train.supernet import SupernetTrainer
     real_step = SupernetTrainer.step
 
     def step_then_signal(self, x, y, it, arch=None):

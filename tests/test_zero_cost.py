@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from utils import zero_cost
+from utils.search import zero_cost
 
 A = np.array([1.5, -0.5, 2.0])            # conv 1 -> 3 channels, 1x1, no bias
 W = np.array([[0.3, -1.2, 0.7, -0.4, 0.9, 0.2],     # linear 6 -> 2, no bias (6 = 3

@@ -18,13 +18,10 @@ import hashlib
 import os
 import sys
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
-import torch  # noqa: E402
+import torch
 
-from utils.cli import main_guard  # noqa: E402
+from utils.cli.common import main_guard
 
 
 def environment() -> dict:
@@ -39,7 +36,7 @@ def fingerprint(steps: int = 20) -> tuple[float, str]:
     """(last loss, sha256 prefix of the weights) after `steps` seeded training steps."""
     from utils.dist import DistEnv
     from utils.spaces import get_space, make_config
-    from utils.subnet_train import SubnetTrainer
+    from utils.train.subnet import SubnetTrainer
     torch.manual_seed(0)
     space = get_space(make_config("mobilenet", input_size=24, width_mult=0.5, classes=10,
                                   stem_stride=1))

@@ -14,8 +14,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: no display on CI or servers
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import Arc, Circle, FancyArrowPatch, FancyBboxPatch, Rectangle  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.patches import Arc, Circle, FancyArrowPatch, FancyBboxPatch, Rectangle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

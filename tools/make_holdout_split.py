@@ -10,22 +10,18 @@ OUT/holdout/<class>/<file> (held out: SPOS scoring's --test_dir) as symlinks to 
 source images, and OUT/split.json. --total N holds out floor(N/C) per class, the
 remainder one each in classes drawn with the seed. Built atomically; a rerun of the
 same split is a no-op, another split over an existing OUT is refused (--force replaces
-it). The logic lives in utils/holdout_split.py.
+it). The logic lives in utils/data/holdout.py.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
-from utils.checkpoint import check_output_dir  # noqa: E402
-from utils.cli import (UserError, batch_size_int, main_guard, positive_int,  # noqa: E402
+from utils.files import check_output_dir
+from utils.cli.common import (UserError, batch_size_int, main_guard, positive_int,
                        seed_int)
-from utils.holdout_split import SUPERNET_BATCH, make_split, summary_lines  # noqa: E402
+from utils.data.holdout import SUPERNET_BATCH, make_split, summary_lines
 
 
 class _Parser(argparse.ArgumentParser):

@@ -10,7 +10,7 @@ original's trainable set and ablations) and a SPOS supernet with snapshots, and 
 Kendall tau / Spearman rho with bootstrap 95% intervals of the BN indicator at each
 snapshot, SPOS accuracy, FLOPs, params, random and the zero-cost proxies synflow,
 NASWOT, grad-norm and SNIP, with a conclusion by a rule fixed in advance
-(utils/ranking_study.py: RULE). Every result is a small JSON file in --report-dir,
+(utils/study/ranking.py: RULE). Every result is a small JSON file in --report-dir,
 written as it is finished: rerun the same command to resume, on this machine or on a
 fresh clone (the results found there are not recomputed).
 """
@@ -23,16 +23,14 @@ import signal
 import sys
 import time
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
-from utils.checkpoint import check_output_dir  # noqa: E402
-from utils.cli import (INPUT_SIZE_RANGE, WIDTH_MULT_MAX, ArgumentParser,  # noqa: E402
+from utils.files import check_output_dir
+from utils.cli.common import (INPUT_SIZE_RANGE, WIDTH_MULT_MAX, ArgumentParser,
                        UserError, batch_size_int, finite_float, fraction, int_range,
                        main_guard, nonneg_float, nonneg_int, positive_int, seed_int,
                        workers_int)
-from utils.ranking_study import (RunOptions, StudySettings, run_study,  # noqa: E402
+from utils.flops.limits import parse_limit
+from utils.study.ranking import (RunOptions, StudySettings, run_study,
                                  summary_lines)
 
 # --quick: a few subnets, tiny budgets and data (CI checks the plumbing, not the result).
@@ -44,7 +42,7 @@ QUICK = dict(input_size=16, width_mult=0.25, train_per_class=20, val_per_class=1
 QUICK_BOOTSTRAP = 200
 
 
-# Parse-time checks of the numeric settings (utils.argtypes: finite, in range, one line);
+# Parse-time checks of the numeric settings (utils.cli.argtypes: finite, in range, one line);
 # StudySettings.check() then checks how they fit together.
 _COUNT = int_range(0, 10 ** 6)
 TYPES = {
@@ -92,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None,
                    help="an ImageFolder root with train/ and val/ (default: Fashion-MNIST "
-                        "written into <out>/data by utils/demo_data.py)")
+                        "written into <out>/data by tools/demo_data.py)")
     g.add_argument("--source", choices=["auto", "debian", "slice"], default=d.source,
                    help="Fashion-MNIST source: auto = the full Debian dataset-fashion-mnist "
                         "when installed, else the committed slice")

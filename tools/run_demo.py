@@ -17,10 +17,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from utils.checkpoint import check_output_dir, write_json_atomic  # noqa: E402
-from utils.cli import ArgumentParser, int_range, main_guard, seed_int  # noqa: E402
+from utils.files import check_output_dir, write_json_atomic
+from utils.cli.common import ArgumentParser, int_range, main_guard, seed_int
 
 # The demo config: small inputs and width, so a 2-core CPU retrains a subnet to >80%.
 DEMO = dict(space="mobilenet", input_size=24, width_mult=0.5, stem_stride=1)
@@ -80,7 +79,6 @@ def main(argv: list[str] | None = None) -> None:
     os.makedirs(out, exist_ok=True)
     py = sys.executable
     env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")  # 2 processes on 2 cores: one thread each
     times: dict[str, float] = {}
     data = os.path.join(out, "data")
@@ -89,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
 
     run("Data: Fashion-MNIST slice -> ImageFolder",
-        [py, os.path.join(ROOT, "utils", "demo_data.py"), "--out", data,
+        [py, os.path.join(ROOT, "tools", "demo_data.py"), "--out", data,
          "--size", str(DEMO["input_size"]), "--train-per-class", str(s["train_per_class"]),
          "--val-per-class", str(s["val_per_class"])], out, env, times, "data")
 
@@ -130,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with open(os.path.join(log_dir, "ea_results.json")) as f:
         log = json.load(f)
-    from utils.search_log import load_log, ranked
+    from utils.search.log import load_log, ranked
     chosen = ranked(load_log(log_dir))[0]  # what --arch-from retrained
     ea, exact = log["best"], log.get("exact") or {}
     summary = dict(

@@ -50,7 +50,7 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.distributed as dist
 
-from utils.cli import UserError, finite_float, nonneg_int
+from utils.cli.common import UserError, finite_float, nonneg_int
 
 # Collective timeout (seconds): --dist-timeout, else this environment variable, else the
 # backend's default. A frozen peer then stops the job after this long instead of torch's

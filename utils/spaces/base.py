@@ -19,12 +19,7 @@ from torch import nn
 SKIP = -1
 
 
-class ArchError(ValueError):
-    """An architecture that does not belong to the search space (one-line message)."""
-
-
-class ConfigError(ValueError):
-    """A space config that cannot be built (one-line message)."""
+from utils.errors import ArchError, ConfigError  # noqa: E402,F401 (re-exported)
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
