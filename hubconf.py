@@ -66,7 +66,8 @@ def subnet(space=None, arch=None, checkpoint=None, pretrained=False, dropout=Non
            **space_config):
     """A BN-NAS subnet (a torch.nn.Module in eval mode).
 
-    space: "mobilenet" (default; the BN-NAS space) or "shufflenet" (SPOS); default the
+    space: "mobilenet" (default; the BN-NAS space), "shufflenet" (SPOS), or a space a
+        plug-in registered (utils.plugins.load_plugin("my_space.py") first); default the
         checkpoint's.
     arch: "3 -1 0 4 ..." or a list of ints (-1 = skip); default the checkpoint's, else the
         space's published architecture (mobilenet: BN-NAS, 5,228,536 parameters at the

@@ -35,6 +35,9 @@ from utils.flops.table import load_table
 from utils.flops.limits import default_flops_limit
 from utils.spaces import IMAGENET, get_space, make_config
 from utils.search.spos import SposScorer
+from utils.logs import get_logger, setup_logging
+
+log = get_logger(__name__)
 
 
 def _best_of(fn, repeats: int) -> float:
@@ -145,23 +148,23 @@ def run(args) -> dict:
 
 def print_table(r: dict) -> None:
     s, ind = r["spos"], r["indicator"]
-    print(f"config: {r['config']}; device {r['device']}, {r['threads']} threads")
-    print(f"\nper-candidate scoring time")
-    print(f"  {'BN indicator (one arch per call)':<46} {ind['seconds_per_candidate'] * 1e6:>12.2f} us")
-    print(f"  {'BN indicator (batched, best batch size)':<46} "
+    log.info(f"config: {r['config']}; device {r['device']}, {r['threads']} threads")
+    log.info(f"\nper-candidate scoring time")
+    log.info(f"  {'BN indicator (one arch per call)':<46} {ind['seconds_per_candidate'] * 1e6:>12.2f} us")
+    log.info(f"  {'BN indicator (batched, best batch size)':<46} "
           f"{ind['seconds_per_candidate_batched'] * 1e9:>12.2f} ns")
-    print(f"  {'SPOS: BN recalib. %d x %d imgs + top-1 on %d' % (s['bn_batches'], s['batch_size'], s['val_images']):<46} "
+    log.info(f"  {'SPOS: BN recalib. %d x %d imgs + top-1 on %d' % (s['bn_batches'], s['batch_size'], s['val_images']):<46} "
           f"{s['seconds_per_candidate'] * 1e3:>12.1f} ms")
-    print(f"  ratio SPOS / indicator: {r['ratio']:,.0f}x (one per call), "
+    log.info(f"  ratio SPOS / indicator: {r['ratio']:,.0f}x (one per call), "
           f"{r['ratio_batched']:,.0f}x (batched)   [paper: > 600,000x at ImageNet scale]")
-    print(f"\nindicator throughput (numpy gather over [N, layers])")
+    log.info(f"\nindicator throughput (numpy gather over [N, layers])")
     for n, v in ind["candidates_per_second"].items():
-        print(f"  N = {int(n):>9,}: {v:>16,.0f} candidates/s")
-    print(f"\nsearch wall time (indicator scoring; default EA = 20 generations x 50)")
+        log.info(f"  N = {int(n):>9,}: {v:>16,.0f} candidates/s")
+    log.info(f"\nsearch wall time (indicator scoring; default EA = 20 generations x 50)")
     w = max(len(v["config"]) for v in r["search"].values())
-    print(f"  {'space':<{w}} {'FLOPs lim':>9} {'EA':>9} {'exact':>9} {'EA best':>9} {'optimum':>9}")
+    log.info(f"  {'space':<{w}} {'FLOPs lim':>9} {'EA':>9} {'exact':>9} {'EA best':>9} {'optimum':>9}")
     for v in r["search"].values():
-        print(f"  {v['config']:<{w}} {v['flops_limit_m']:>8.1f}M {v['ea_seconds']:>8.3f}s "
+        log.info(f"  {v['config']:<{w}} {v['flops_limit_m']:>8.1f}M {v['ea_seconds']:>8.3f}s "
               f"{v['exact_seconds'] * 1e3:>7.2f}ms {v['ea_best']:>9.4f} {v['exact_score']:>9.4f}")
 
 
@@ -192,9 +195,10 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if min(args.batch_archs) < 1 or args.candidates < 1:
         raise UserError("--batch-archs and --candidates must be >= 1")
+    setup_logging()
     r = run(args)
     if args.json:
-        print(json.dumps(r))
+        print(json.dumps(r))  # the data, on stdout as one line
     else:
         print_table(r)
 

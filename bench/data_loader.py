@@ -43,7 +43,9 @@ import torch
 from PIL import Image, features
 
 from utils.cli.common import UserError, main_guard
-from utils.data.loaders import IMAGENET_MEAN, IMAGENET_STD, build_train_loader, scan_image_folder
+from utils.data.folder import scan_image_folder
+from utils.data.loaders import build_train_loader
+from utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from utils.dist import DistEnv
 
 # scikit-image's colour photographs (its other samples are greyscale or drawings).

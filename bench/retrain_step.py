@@ -23,7 +23,7 @@ import torch
 
 from utils.cli.common import UserError, add_space_args, config_from_args, main_guard
 from utils.dist import DistEnv
-from utils.train.engine import Amp
+from utils.train.amp import Amp
 from utils.flops.table import load_table
 from utils.spaces import get_space
 from utils.checkpoints.subnet import published_arch

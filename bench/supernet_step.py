@@ -24,7 +24,7 @@ import torch
 
 from utils.cli.common import main_guard
 from utils.dist import DistEnv
-from utils.train.engine import Amp
+from utils.train.amp import Amp
 from utils.spaces import get_space, make_config
 from utils.train.supernet import SupernetTrainer, sample_path
 

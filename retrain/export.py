@@ -5,6 +5,8 @@
         --model_id "3 -1 0 4 0 -1 -1 0 4 -1 4 4 1 4 2 0 0 4 0 2 2"
     # no checkpoint: a random init, to try the export
     python3 retrain/export.py --model_id "..." --input-size 32 --classes 10 --out /tmp/try
+    # a search space of your own (docs/examples/toy_space.py)
+    python3 retrain/export.py --plugin my_space.py --space toy --input-size 32 --out /tmp/toy
 
 Writes DIR/model.onnx, DIR/model.ts.pt and DIR/arch.json once ONNX Runtime and TorchScript
 agree with the PyTorch model on a random batch (utils/export/writers.py). Needs onnx and
@@ -21,10 +23,12 @@ from utils.cli.common import (ArgumentParser, add_space_args, finite_float, int_
                        seed_int)
 from utils.cli.config_file import add_config_arg
 from utils.checkpoints.subnet import unset_space_defaults
+from utils.plugins import add_plugin_arg, load_plugins_from_argv
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from utils.export.writers import OPSET
+    load_plugins_from_argv(argv)  # before the parser: --space offers the plug-ins' spaces
     p = ArgumentParser(
         description="Export a retrained BN-NAS subnet to ONNX and TorchScript, with an "
                     "architecture card (arch.json).",
@@ -49,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"ONNX opset (default: {OPSET})")
     add_space_args(p, classes_default=None)
     unset_space_defaults(p)
+    add_plugin_arg(p)
     add_config_arg(p, "retrain/export.py")
     return p.parse_args(argv)
 

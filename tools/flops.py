@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 from utils.flops.table import load_table, table_dir, table_path
+from utils.plugins import add_plugin_arg, load_plugins_from_argv
 from utils.spaces import get_space
 
 
@@ -19,7 +20,9 @@ def main(argv=None) -> None:
 
     @main_guard
     def run():
+        load_plugins_from_argv(argv)  # before the parser: --space choices include plug-ins
         p = ArgumentParser(description="FLOPs and parameters of a BN-NAS architecture.")
+        add_plugin_arg(p)
         add_space_args(p)
         p.add_argument("--arch", required=False, help='op indices, e.g. "3 -1 0 4 ..." (-1 = skip)')
         p.add_argument("--json", action="store_true", help='print {"flops": int, "params": int}')

@@ -30,6 +30,7 @@ from utils.cli.common import (INPUT_SIZE_RANGE, WIDTH_MULT_MAX, ArgumentParser,
                        main_guard, nonneg_float, nonneg_int, positive_int, seed_int,
                        workers_int)
 from utils.flops.limits import parse_limit
+from utils.spaces import SPACES
 from utils.study.ranking import (RunOptions, StudySettings, run_study,
                                  summary_lines)
 
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(g, "lighting", help="PCA lighting noise std, every training stage "
                                  "(ImageNet recipe: 0.1)")
     g = p.add_argument_group("space (default: mobilenet at 28x28, width 0.35: CPU-sized)")
-    g.add_argument("--space", choices=["mobilenet", "shufflenet"], default=d.space)
+    g.add_argument("--space", choices=SPACES.names(), default=d.space)
     _setting(g, "input-size")
     _setting(g, "width-mult")
     g.add_argument("--stem-stride", type=int, choices=[1, 2], default=d.stem_stride)

@@ -26,13 +26,10 @@ Public API (stable; add, don't break):
     cleanup(env)                           # destroy the process group (idempotent)
     barrier(env)
     all_reduce_sum(tensor, env)  -> tensor      # in place, returns it
-    all_reduce_mean(tensor, env) -> tensor      # in place, returns it
     all_reduce_max_flag(flag: bool, env) -> bool  # over a CPU (gloo) side group: no GPU sync
     average_gradients(params, env)         # one flat all-reduce of the params' grads
     broadcast_tensors(tensors, env, src=0) # e.g. make every rank start from rank 0's weights
-    broadcast_object(obj, env, src=0)
     all_gather_objects(obj, env) -> list
-    rank0_print(env, *args, **kwargs)
 """
 from __future__ import annotations
 
@@ -137,20 +134,40 @@ def _env_int(name: str) -> int | None:
         raise UserError(f"environment variable {name}={value!r} is not an integer") from None
 
 
-def _pick_device(device: str, local_rank: int) -> torch.device:
+def launcher_rank(local_rank: int | None = None) -> int:
+    """This process's rank as the launcher set it (RANK, else LOCAL_RANK, else the legacy
+    launcher's --local_rank value), 0 when started without a launcher."""
+    for name in ("RANK", "LOCAL_RANK"):
+        value = _env_int(name)
+        if value is not None:
+            return value
+    return local_rank or 0
+
+
+def resolve_device(device: str, local_rank: int | None = None) -> torch.device:
+    """The torch device of a --device value: auto, cpu, cuda or cuda:N (one-line
+    UserError otherwise, or when CUDA is asked for and absent). With `local_rank` (a
+    launched process), "cuda" is that local rank's GPU and becomes the current device;
+    without it (one process, e.g. SPOS scoring), "cuda" is the current CUDA device."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise UserError(f"unknown device '{device}' (use auto, cpu, cuda or cuda:N)") from None
+        if dev.type != "cuda":
+            raise UserError(f"unknown device '{device}' (use auto, cpu, cuda or cuda:N)")
         if not torch.cuda.is_available():
             raise UserError("--device cuda was asked for but no CUDA device is available")
+        if local_rank is None:
+            return dev
         if device == "cuda":
             # One process per GPU: the launcher's local rank picks the card.
             count = torch.cuda.device_count()
             if local_rank >= count:
                 raise UserError(f"local rank {local_rank} has no GPU (this node has {count})")
             dev = torch.device("cuda", local_rank)
-        else:
-            dev = torch.device(device)
         torch.cuda.set_device(dev)
         return dev
     if device != "cpu":
@@ -177,7 +194,7 @@ def setup(local_rank: int | None = None, device: str = "auto",
     if world > 1 and ("MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ):
         raise UserError("WORLD_SIZE > 1 but MASTER_ADDR/MASTER_PORT are not set: "
                         "start the script with torchrun or torch.distributed.launch")
-    dev = _pick_device(device, local)
+    dev = resolve_device(device, local)
     env = DistEnv(rank=rank, world_size=world, local_rank=local, device=dev)
     if world > 1:
         backend = "nccl" if dev.type == "cuda" else "gloo"
@@ -318,13 +335,6 @@ def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return tensor
 
 
-def all_reduce_mean(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
-    if env.distributed:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        tensor.div_(env.world_size)
-    return tensor
-
-
 def all_reduce_min_int(value: int, env: DistEnv) -> int:
     """The smallest `value` over the ranks (a CPU tensor over gloo: no GPU sync)."""
     if not env.distributed:
@@ -373,27 +383,12 @@ def broadcast_tensors(tensors: Iterable[torch.Tensor], env: DistEnv, src: int = 
             dist.broadcast(t.data, src=src)
 
 
-def broadcast_object(obj: Any, env: DistEnv, src: int = 0) -> Any:
-    if not env.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src,
-                               device=env.device if env.device.type == "cuda" else None)
-    return box[0]
-
-
 def all_gather_objects(obj: Any, env: DistEnv) -> list:
     if not env.distributed:
         return [obj]
     out: list = [None] * env.world_size
     dist.all_gather_object(out, obj)
     return out
-
-
-def rank0_print(env: DistEnv, *args: Any, **kwargs: Any) -> None:
-    if env.is_main:
-        kwargs.setdefault("flush", True)
-        print(*args, **kwargs)
 
 
 def describe(env: DistEnv) -> str:
@@ -404,11 +399,10 @@ def describe(env: DistEnv) -> str:
 
 
 __all__ = ["DistEnv", "add_launcher_args", "setup", "cleanup", "barrier", "all_reduce_sum",
-           "all_reduce_mean", "all_reduce_max_flag", "all_reduce_min_int", "resolve_timeout",
+           "all_reduce_max_flag", "all_reduce_min_int", "resolve_timeout",
            "collective_guard", "timeout_message", "maybe_freeze", "PeerTimeoutError",
            "DIST_TIMEOUT_ENV", "DEFAULT_TIMEOUT_S", "average_gradients", "broadcast_tensors",
-           "broadcast_object",
-           "all_gather_objects", "rank0_print", "describe"]
+           "all_gather_objects", "describe"]
 
 if __name__ == "__main__":  # pragma: no cover - a quick manual check of the launch env
     e = setup()

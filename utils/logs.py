@@ -84,7 +84,7 @@ def setup_logging(rank: int = 0, file: str | None = None, level: int = logging.I
     logger.addHandler(out)
     if file is not None and rank == 0:
         os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
-        fh = logging.FileHandler(file, encoding="utf-8")
+        fh = logging.FileHandler(file, encoding="utf-8", delay=True)  # no file until a line
         fh.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         setattr(fh, _OURS, True)
         logger.addHandler(fh)
@@ -95,7 +95,10 @@ def _default_setup() -> None:
     # A library call before any setup_logging (tests, notebooks) still prints its lines.
     logger = logging.getLogger(ROOT)
     if not any(getattr(h, _OURS, False) for h in logger.handlers):
-        setup_logging(rank=int(os.environ.get("RANK", "0") or 0))
+        rank = os.environ.get("RANK", "0").strip()
+        # The launcher's RANK is checked where the stage sets up its processes; here a
+        # malformed one just means "not rank 0" is unknown: log as rank 0.
+        setup_logging(rank=int(rank) if rank.isdigit() else 0)
 
 
 _default_setup()

@@ -41,6 +41,15 @@ def _argv_values(argv: list[str], flag: str) -> list[str]:
     return out
 
 
+def config_relative(path: str, config_file: str) -> str:
+    """A path read from `config_file`: as given when absolute or found from the working
+    folder, else relative to the config file's folder (so a file and its plug-in can be
+    moved together)."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    return os.path.join(os.path.dirname(os.path.abspath(config_file)), path)
+
+
 def plugin_paths(argv: list[str]) -> list[str]:
     """The --plugin files named on the command line and in its --config file(s)."""
     paths = []
@@ -52,9 +61,7 @@ def plugin_paths(argv: list[str]) -> list[str]:
         values = value if isinstance(value, list) else [value]
         if not all(isinstance(v, str) and v for v in values):
             raise UserError(f"{cfg}: key 'plugin' must be a file path or a list of them")
-        base = os.path.dirname(os.path.abspath(cfg))
-        paths += [v if os.path.isabs(v) or os.path.exists(v) else os.path.join(base, v)
-                  for v in values]
+        paths += [config_relative(v, cfg) for v in values]
     return paths + _argv_values(argv, "--plugin")
 
 

@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 
-from utils.cli.common import UserError
+from utils.errors import UserError
 
 _HELD: set[str] = set()  # lock files this process holds (abs paths)
 

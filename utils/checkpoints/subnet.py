@@ -1,9 +1,11 @@
 """Choosing the architecture to retrain and reading subnet weights.
 
-- `published_arch(space)`: the architecture a space's paper reports (the default).
+- `published_arch(space)`: the architecture a space's paper reports (the default; its
+  class's `published_arch`).
 - `arch_from_log(log_dir)`: the best architecture of a search log and its space config.
-- `unset_space_defaults(parser)`, `resolve_config(args, base, classes)`: space flags left unset fall back to `base` (the
-  search log's or a checkpoint's config), then to the ImageNet defaults.
+- `unset_space_defaults(parser)`, `resolve_config(args, base, classes)`: space flags left
+  unset fall back to `base` (the search log's or a checkpoint's config), then to the
+  setting the space is published at (its class's `imagenet`).
 - `read_subnet_checkpoint(path)`: this project's subnet checkpoint or the reference's
   retrained one, as a `SubnetCheckpoint`; anything else is a one-line refusal.
 - `subnet_state(ckpt, space, arch)` and `load_subnet_state(model, state, path)`: the
@@ -20,20 +22,19 @@ from torch import nn
 
 from utils.checkpoints.io import check_config, clean_state_dict, load
 from utils.cli.common import UserError
-from utils.spaces import SearchSpace, SpaceConfig, make_config, parse_skips
-
-# The published architectures (docs/method.md, "Counting FLOPs and parameters"); the
-# mobilenet one is the reference retrain script's default --model_id.
-PUBLISHED = {
-    "mobilenet": "3 -1 0 4 0 -1 -1 0 4 -1 4 4 1 4 2 0 0 4 0 2 2",  # BN-NAS
-    "shufflenet": "2 1 0 1 2 0 2 0 2 0 2 3 0 0 0 0 3 2 3 3",  # SPOS
-}
+from utils.spaces import (DEFAULT_SPACE, SPACES, SearchSpace, SpaceConfig, make_config,
+                          parse_skips)
 
 SPACE_FIELDS = ("space", "input_size", "width_mult", "classes", "stem_stride", "fixed_skips")
 
 
 def published_arch(space_name: str) -> str:
-    return PUBLISHED[space_name]
+    """The space's published architecture; a one-line UserError when it has none."""
+    arch = SPACES.get(space_name).published_arch
+    if arch is None:
+        raise UserError(f"the {space_name} space has no published architecture: give one "
+                        f"(--model_id, or arch=)")
+    return arch
 
 
 def unset_space_defaults(parser: argparse.ArgumentParser) -> None:
@@ -43,13 +44,14 @@ def unset_space_defaults(parser: argparse.ArgumentParser) -> None:
 
 def resolve_config(args: argparse.Namespace, base: SpaceConfig | None = None,
                    classes: int | None = None) -> SpaceConfig:
-    """The space config: explicit flags, else `base`, else ImageNet defaults.
+    """The space config: explicit flags, else `base`, else the space's published setting.
 
     `classes` is the fallback class count when neither a flag nor `base` gives one
     (the number of class folders of the data).
     """
-    space = args.space or (base.space if base else "mobilenet")
+    space = args.space or (base.space if base else DEFAULT_SPACE)
     same_space = base is not None and base.space == space
+    published = SPACES.get(space).imagenet
 
     def pick(name: str, default):
         value = getattr(args, name)
@@ -61,10 +63,12 @@ def resolve_config(args: argparse.Namespace, base: SpaceConfig | None = None,
         skips = parse_skips(args.fixed_skips)
     else:
         skips = base.fixed_skips if same_space else None  # None: the space's default
-    return make_config(space, fixed_skips=skips, input_size=pick("input_size", 224),
-                       width_mult=pick("width_mult", 1.0),
-                       classes=pick("classes", classes if classes is not None else 1000),
-                       stem_stride=pick("stem_stride", 2))
+    return make_config(space, fixed_skips=skips,
+                       input_size=pick("input_size", published["input_size"]),
+                       width_mult=pick("width_mult", published["width_mult"]),
+                       classes=pick("classes", classes if classes is not None
+                                    else published["classes"]),
+                       stem_stride=pick("stem_stride", published["stem_stride"]))
 
 
 def arch_from_log(log_dir: str) -> tuple[tuple[int, ...], SpaceConfig]:
@@ -91,6 +95,7 @@ class SubnetCheckpoint:
     config: SpaceConfig | None = None  # None for reference checkpoints
     arch: tuple[int, ...] | None = None  # None for reference checkpoints
     raw: dict = field(default_factory=dict, repr=False)
+    reference_space: str | None = None  # the space of a reference checkpoint
 
     @property
     def best_acc_top1(self) -> float | None:
@@ -121,14 +126,15 @@ def read_subnet_checkpoint(path: str) -> SubnetCheckpoint:
     state = obj.get("state_dict")
     if not isinstance(state, dict):
         raise UserError(f"{path} is not a subnet checkpoint (no state_dict)")
-    from utils.checkpoints.original import is_reference_state
+    from utils.checkpoints.original import reference_space
     state = clean_state_dict(state)
-    if not is_reference_state(state):
+    cls = reference_space(state)
+    if cls is None:
         raise UserError(f"{path} is neither this project's subnet checkpoint nor the "
                         f"reference's retrained one")
-    if any("._ops." in k for k in state):
+    if cls.reference_is_supernet(state.keys()):
         raise UserError(f"{path} is a reference supernet checkpoint, not a retrained subnet")
-    return SubnetCheckpoint(path, "reference", state, None, None, obj)
+    return SubnetCheckpoint(path, "reference", state, None, None, obj, cls.name)
 
 
 def subnet_state(ckpt: SubnetCheckpoint, space: SearchSpace, arch: Sequence[int]) -> dict:
@@ -140,12 +146,14 @@ def subnet_state(ckpt: SubnetCheckpoint, space: SearchSpace, arch: Sequence[int]
             raise UserError(f"checkpoint {ckpt.path} is for architecture "
                             f"'{space.format(ckpt.arch)}', not '{space.format(arch)}'")
         return dict(ckpt.state_dict)
-    if space.config.space != "mobilenet":
-        raise UserError(f"reference checkpoints exist for the mobilenet space only, "
+    from utils.checkpoints.original import from_reference, reference_space, reference_spaces
+    found = ckpt.reference_space or getattr(reference_space(ckpt.state_dict), "name", None)
+    if space.config.space != found:
+        names = " and ".join(cls.name for cls in reference_spaces())
+        raise UserError(f"reference checkpoints exist for the {names} space only, "
                         f"not {space.config.space}")
-    from utils.checkpoints.original import from_reference
     try:
-        return from_reference(ckpt.state_dict, arch)
+        return from_reference(ckpt.state_dict, arch, SPACES.get(space.config.space))
     except KeyError as e:
         raise UserError(f"{ckpt.path}: {e.args[0]} (is --model_id the architecture it was "
                         f"trained with?)") from None

@@ -1,7 +1,8 @@
 """Read a supernet checkpoint for search: ours (kind="supernet") or the reference release's.
 
 A reference BN-NAS supernet ({state_dict with `module.features...` keys, iter, seed,
-operations}) is the mobilenet space at the ImageNet setting; its keys are translated with
+operations}) is of the space whose original-release keys it has (mobilenet), at that
+space's published setting; its keys are translated with
 `utils.checkpoints.original.from_reference`. Anything else (a subnet, a search log, a bare tensor, a
 random file, weights that do not fit their config) is refused with a one-line UserError.
 """
@@ -14,8 +15,8 @@ import torch
 
 from utils.checkpoints import io as checkpoint
 from utils.cli.common import UserError
-from utils.checkpoints.original import from_reference, is_reference_state
-from utils.spaces import IMAGENET, ConfigError, SpaceConfig, get_space, make_config
+from utils.checkpoints.original import from_reference, reference_space
+from utils.spaces import ConfigError, SpaceConfig, get_space, imagenet_config
 
 
 @dataclass
@@ -81,15 +82,15 @@ def load_supernet(path: str) -> SupernetCheckpoint:
         if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
             classes = None
         reference = False
-    elif is_reference_state(state):
+    elif (ref := reference_space(state)) is not None:
         keys = checkpoint.clean_state_dict(state)
-        if not any(k.startswith("features.") and "._ops." in k for k in keys):
+        if not ref.reference_is_supernet(keys):
             raise UserError(f"{path} is a reference retrained subnet, not a supernet checkpoint")
         try:
-            state = from_reference(state)
+            state = from_reference(state, space=ref)
         except KeyError as e:
             raise UserError(f"{path}: {e.args[0]}") from None
-        cfg = make_config("mobilenet", **IMAGENET)
+        cfg = imagenet_config(ref.name)
         train_all, input_format, reference = None, "bgr255", True
         classes, resize_mode = None, None
     else:

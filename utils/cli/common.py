@@ -14,7 +14,7 @@ from utils.cli.argtypes import (BATCH_MAX, CLASSES_RANGE, COUNT_MAX, INPUT_SIZE_
                        nonempty_str, nonneg_float, nonneg_int, population_int, positive_int,
                        probability, seed_int, workers_int)
 from utils.errors import ArchError, ConfigError, UserError  # noqa: F401 (re-exported)
-from utils.spaces import make_config, parse_skips
+from utils.spaces import DEFAULT_SPACE, SPACES, make_config, parse_skips
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -59,9 +59,11 @@ def main_guard(fn: Callable) -> Callable:
 
 
 def add_space_args(parser: argparse.ArgumentParser, classes_default: int | None = 1000) -> None:
+    """The space flags; --space offers the spaces registered when the parser is built
+    (so a --plugin file loaded before that adds its own)."""
     g = parser.add_argument_group("search space")
-    g.add_argument("--space", default="mobilenet", choices=["mobilenet", "shufflenet"],
-                   help="search space (default: mobilenet, the published one)")
+    g.add_argument("--space", default=DEFAULT_SPACE, choices=SPACES.names(),
+                   help=f"search space (default: {DEFAULT_SPACE}, the published one)")
     g.add_argument("--input-size", "--input_size", type=int_range(*INPUT_SIZE_RANGE),
                    default=224, dest="input_size", help="input resolution (default: 224)")
     g.add_argument("--width-mult", "--width_mult", default=1.0, dest="width_mult",

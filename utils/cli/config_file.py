@@ -12,21 +12,24 @@ spellings, with or without the leading dashes (`learning_rate`, `learning-rate`,
 `--learning-rate`), or its destination name; `no_<flag>` sets a --[no-]flag to false.
 Values go through the flag's own `type=` (so the command line's range checks apply) and
 its choices; switches (store_true, --[no-]flag) take true/false; list-like flags
-(--fixed-skips, --model_id) take a string as on the command line or a YAML list; null
-is accepted where the flag's default is "unset" (None). The file's values become the
+(--fixed-skips, --model_id) take a string as on the command line or a YAML list;
+repeatable flags (--plugin) take one value or a YAML list of them; null is accepted
+where the flag's default is "unset" (None). File paths of --plugin are read from the
+config file's folder when they do not exist from the working folder. The file's values become the
 parser's defaults, so flags given on the command line override them. Hidden flags
 (help=SUPPRESS: --local_rank, --dump-dir, ...) and --config itself are not keys. Any
 problem (missing or unreadable file, invalid YAML, unknown key, bad value) is one line,
 `error: FILE: key 'k': ...`, exit code 2 (the parser's error()).
 
 `write_settings` writes every settable key (destination names) with the run's resolved
-value, after a comment header with the command line and the date, atomically; passing
-that file back as --config reruns the same settings.
+value (plug-in paths made absolute), after a comment header with the command line and
+the date, atomically; passing that file back as --config reruns the same settings.
 """
 from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import shlex
 import sys
 import time
@@ -38,6 +41,10 @@ CONFIG_DEST = "config"
 # Flags whose command-line value is a list in one string: the separator a YAML list of
 # theirs is joined with (`fixed_skips: [1, 5, 6, 9]` == `--fixed-skips 1,5,6,9`).
 LIST_SEPARATORS = {"fixed_skips": ",", "model_id": " "}
+# Flags whose values are files (utils/plugins.py): resolved against the config file's
+# folder as the plug-in loader does, and written absolute so a settings file reruns
+# from any folder.
+PATH_DESTS = ("plugin",)
 
 
 @dataclass(frozen=True)
@@ -72,8 +79,9 @@ def _norm(name: str) -> str:
 def _settable(action: argparse.Action) -> bool:
     if action.dest in (CONFIG_DEST, argparse.SUPPRESS) or action.help == argparse.SUPPRESS:
         return False
-    return isinstance(action, (argparse._StoreAction, argparse._StoreTrueAction,
-                               argparse._StoreFalseAction, argparse.BooleanOptionalAction))
+    return isinstance(action, (argparse._StoreAction, argparse._AppendAction,
+                               argparse._StoreTrueAction, argparse._StoreFalseAction,
+                               argparse.BooleanOptionalAction))
 
 
 def settable_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -122,6 +130,15 @@ def _kind(action: argparse.Action) -> str:
 
 def convert(action: argparse.Action, value: Any, negated: bool = False) -> Any:
     """The value `action` gets from a file's `value` (the command line's checks applied)."""
+    if isinstance(action, argparse._AppendAction):
+        # A repeatable flag: one value or a list, each item as one use of the flag.
+        if value is None:
+            return list(action.default or [])
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, (list, tuple, dict)) for v in items):
+            raise _BadValue("expected a value or a list of values, got a nested list "
+                            "or mapping")
+        return [_convert_one(action, v) for v in items]
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction,
                            argparse.BooleanOptionalAction)):
         if value is None and action.default is None:
@@ -143,6 +160,13 @@ def convert(action: argparse.Action, value: Any, negated: bool = False) -> Any:
         if not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in value):
             raise _BadValue("expected a list of integers or text items")
         value = sep.join(str(v) for v in value) if value else "none"
+    return _convert_one(action, value)
+
+
+def _convert_one(action: argparse.Action, value: Any) -> Any:
+    """One scalar `value` through the flag's type and choices."""
+    if value is None:
+        raise _BadValue(f"must be {_kind(action)}, got null")
     if isinstance(value, bool):
         raise _BadValue(f"must be {_kind(action)}, got {_yaml_text(value)}"
                         + (" (quote it to mean the word)" if action.type is None else ""))
@@ -233,6 +257,9 @@ def load_values(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
             values[action.dest] = convert(action, raw, negated)
         except _BadValue as e:
             parser.error(f"{path}: key {key!r}: {e}")
+        if action.dest in PATH_DESTS:
+            from utils.plugins import config_relative
+            values[action.dest] = [config_relative(v, path) for v in values[action.dest]]
         given[action.dest] = key
     return values
 
@@ -292,8 +319,12 @@ def settings_of(args: argparse.Namespace, resolved: dict | None = None) -> dict:
     if info is None:
         raise RuntimeError("these arguments were not parsed by a parser with --config")
     resolved = resolved or {}
-    return {k: _plain(resolved[k] if k in resolved else getattr(args, k, None))
-            for k in info.keys}
+    out = {k: _plain(resolved[k] if k in resolved else getattr(args, k, None))
+           for k in info.keys}
+    for k in PATH_DESTS:
+        if isinstance(out.get(k), list):
+            out[k] = [os.path.abspath(p) for p in out[k]]
+    return out
 
 
 def _one_line(text: str) -> str:

@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import struct
-import sys
 import tempfile
 import time
 import zipfile
@@ -29,7 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from utils.cli.argtypes import WORKERS_MAX, ArgumentParser, int_range, nonempty_str, seed_int
+from utils.errors import UserError
+from utils.files import write_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SLICE_PATH = REPO_ROOT / "data" / "fashion_mnist" / "fashion_mnist_slice.npz"
@@ -99,17 +99,31 @@ def _find_idx(debian_dir: Path, stem: str) -> Path:
         f"(install dataset-fashion-mnist or pass --debian-dir)")
 
 
+def load_idx_split(debian_dir: Path | str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N, 28, 28], labels uint8 [N]) of one split ("train" or "val" = t10k)
+    from the idx files in `debian_dir`, checked."""
+    debian_dir = Path(debian_dir)
+    img_stem, lab_stem = IDX_FILES[split]
+    images = read_idx(_find_idx(debian_dir, img_stem))
+    labels = read_idx(_find_idx(debian_dir, lab_stem))
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DemoDataError(f"{debian_dir}: {split} images/labels shapes do not match")
+    if labels.size and labels.max() >= len(CLASSES):
+        raise DemoDataError(f"{debian_dir}: {split} labels outside 0..{len(CLASSES) - 1}")
+    return images, labels
+
+
+def debian_dir_path(debian_dir: Path | str | None = None) -> Path:
+    """The Debian package's folder, or $FASHION_MNIST_DIR, or `debian_dir` if given."""
+    return Path(debian_dir or os.environ.get(DEBIAN_DIR_ENV) or DEBIAN_DIR)
+
+
 def load_debian(debian_dir: Path | str | None = None) -> dict[str, np.ndarray]:
     """Full official splits: train (60k) and val (= t10k, 10k)."""
-    debian_dir = Path(debian_dir or os.environ.get(DEBIAN_DIR_ENV) or DEBIAN_DIR)
+    debian_dir = debian_dir_path(debian_dir)
     out: dict[str, np.ndarray] = {}
-    for split, (img_stem, lab_stem) in IDX_FILES.items():
-        images = read_idx(_find_idx(debian_dir, img_stem))
-        labels = read_idx(_find_idx(debian_dir, lab_stem))
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise DemoDataError(f"{debian_dir}: {split} images/labels shapes do not match")
-        if labels.size and labels.max() >= len(CLASSES):
-            raise DemoDataError(f"{debian_dir}: {split} labels outside 0..{len(CLASSES) - 1}")
+    for split in IDX_FILES:
+        images, labels = load_idx_split(debian_dir, split)
         out[f"{split}_images"] = images
         out[f"{split}_labels"] = labels
         # Position in the official split, kept so file names stay traceable.
@@ -165,11 +179,8 @@ def _split_seed(seed: int, split: str):
 def _save_npz_reproducible(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Like np.savez_compressed, but with fixed zip timestamps so a regenerated
     slice is byte-identical (no spurious git diffs); written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w") as zf:
+    def write(fh) -> None:
+        with zipfile.ZipFile(fh, "w") as zf:
             for name, arr in arrays.items():
                 buf = io.BytesIO()
                 np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
@@ -177,11 +188,12 @@ def _save_npz_reproducible(path: Path, arrays: dict[str, np.ndarray]) -> None:
                 info.external_attr = 0o644 << 16
                 zf.writestr(info, buf.getvalue(), compress_type=zipfile.ZIP_DEFLATED,
                             compresslevel=9)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    try:
+        write_atomic(str(path), ".tmp", write, faults=False)
+    except UserError as exc:
+        # The CLI reports a failed write as an OSError (exit 1), as before.
+        raise OSError(str(exc)) from None
 
 
 def make_slice(debian_dir: Path | str | None = None, out_path: Path | str = SLICE_PATH,

@@ -41,7 +41,7 @@ import time
 import numpy as np
 
 from utils.cli.common import UserError
-from utils.data.loaders import FolderIndex, scan_image_folder
+from utils.data.folder import FolderIndex, scan_image_folder
 
 MARKER = "split.json"
 TREES = ("train", "holdout")

@@ -3,6 +3,10 @@
 - `fingerprint(root, classes, samples)`: class names, per-class image counts and a sha256
   of the sorted relative file list (names only, no file contents: cheap even for
   ImageNet). Stored as `data` in supernet and retrain checkpoints, with `classes`.
+  `loader_fingerprint(root, loader)` is the same over the loader dataset's
+  `sample_names(root)`: relative paths for a folder, each sample's identity string for
+  in-memory images (e.g. Fashion-MNIST's "train/<class>/<source index>"), so the same
+  checks work for every registered dataset.
 - `check_resume_data(saved, now, path, allow)`: refuses, in one line, resuming a
   checkpoint on other data (another folder, one image added or removed) unless `allow`
   (--allow-data-change); other class names are refused even then, since every output
@@ -18,27 +22,41 @@ import hashlib
 import os
 from typing import Sequence
 
-from utils.cli.common import UserError
+from utils.errors import UserError
 
 
-def fingerprint(root: str, classes: Sequence[str], samples: Sequence[tuple[str, int]]) -> dict:
+def relative_names(root: str, paths: Sequence[str]) -> list[str]:
+    """Each path relative to `root` (the names a folder's fingerprint hashes)."""
     prefix = os.path.join(root, "")
+    return [p[len(prefix):] if p.startswith(prefix) else os.path.relpath(p, root)
+            for p in paths]
+
+
+def names_fingerprint(classes: Sequence[str], names: Sequence[str],
+                      labels: Sequence[int]) -> dict:
+    """The fingerprint of samples called `names` (their identity strings) with `labels`."""
     h = hashlib.sha256()
     counts = [0] * len(classes)
-    rels = []
-    for p, label in samples:
-        rels.append(p[len(prefix):] if p.startswith(prefix) else os.path.relpath(p, root))
+    for label in labels:
         counts[label] += 1
-    for rel in sorted(rels):
+    for rel in sorted(names):
         h.update(rel.encode("utf-8", "surrogateescape"))
         h.update(b"\n")
-    return dict(classes=list(classes), counts=counts, num_images=len(rels),
+    return dict(classes=list(classes), counts=counts, num_images=len(names),
                 files_sha256=h.hexdigest())
 
 
+def fingerprint(root: str, classes: Sequence[str], samples: Sequence[tuple[str, int]]) -> dict:
+    return names_fingerprint(classes, relative_names(root, [p for p, _ in samples]),
+                             [label for _, label in samples])
+
+
 def loader_fingerprint(root: str, loader) -> dict:
-    """The fingerprint of a training loader of utils.data.loaders (its dataset's samples)."""
-    return fingerprint(root, loader.classes, loader.dataset.samples)
+    """The fingerprint of a training loader of utils.data.loaders: its dataset's sample
+    names (relative file paths for a folder; the dataset's identities for in-memory
+    images) and labels."""
+    ds = loader.dataset
+    return names_fingerprint(loader.classes, ds.sample_names(root), [y for _, y in ds.samples])
 
 
 def _first_diff(a: Sequence, b: Sequence) -> str:

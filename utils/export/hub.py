@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from utils.cli.common import UserError
-from utils.spaces import IMAGENET, SearchSpace, SpaceConfig, Supernet, get_space, make_config
+from utils.spaces import SPACES, SearchSpace, SpaceConfig, Supernet, get_space, imagenet_config
 
 # Space config arguments the entries take (SpaceConfig fields but the space name).
 CONFIG_KEYS = ("input_size", "width_mult", "classes", "stem_stride", "fixed_skips")
@@ -106,7 +106,7 @@ def config_request(space: str | None, config: dict) -> argparse.Namespace:
         raise UserError(f"unknown space config argument '{unknown[0]}' (known: "
                         f"{', '.join(CONFIG_KEYS)}, dropout)")
     if space is not None and not isinstance(space, str):
-        raise UserError(f"space must be a name (mobilenet or shufflenet), got {space!r}")
+        raise UserError(f"space must be a name ({' or '.join(SPACES.names())}), got {space!r}")
     ns = argparse.Namespace(space=space, **{k: None for k in CONFIG_KEYS})
     for key, value in config.items():
         if value is None:
@@ -165,8 +165,9 @@ def build_subnet(space: str | None = None, arch: str | Sequence[int] | None = No
     """The subnet of `arch` (default: the checkpoint's, else the space's published one),
     with the checkpoint's weights when given (else PyTorch's default init), in eval mode.
 
-    `space` defaults to the checkpoint's, else mobilenet; `config` takes input_size,
-    width_mult, classes, stem_stride, fixed_skips (as the retrain script's flags).
+    `space` defaults to the checkpoint's, else mobilenet (any registered space name);
+    `config` takes input_size, width_mult, classes, stem_stride, fixed_skips (as the
+    retrain script's flags; unset: the checkpoint's, else the space's published setting).
     """
     from utils.checkpoints.subnet import (load_subnet_state, published_arch, read_subnet_checkpoint,
                                  resolve_config, subnet_state)
@@ -175,7 +176,8 @@ def build_subnet(space: str | None = None, arch: str | Sequence[int] | None = No
     loaded = read_subnet_checkpoint(checkpoint) if checkpoint is not None else None
     base = None
     if loaded is not None:
-        base = loaded.config if loaded.kind == "subnet" else make_config("mobilenet", **IMAGENET)
+        base = (loaded.config if loaded.kind == "subnet" else
+                imagenet_config(loaded.reference_space))
     cfg = resolve_config(request, base)
     sp = get_space(cfg)
     if loaded is not None and loaded.kind == "subnet":
@@ -261,7 +263,7 @@ def build_supernet(space: str | None = None, checkpoint: str | None = None,
 
 def describe_input(input_format: str) -> dict:
     """How images must be prepared for the network (the card's `input` block)."""
-    from utils.data.loaders import IMAGENET_MEAN, IMAGENET_STD
+    from utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     if input_format == BGR255:
         return dict(format=BGR255, channel_order="BGR", value_range=[0, 255],
                     mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0],

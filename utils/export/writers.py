@@ -192,7 +192,7 @@ def _versions() -> dict:
 
 def architecture_card(loaded: LoadedSubnet, flops: int, params: int, diffs: dict,
                       batch: int, seed: int, atol: float, opset: int) -> dict:
-    from utils.data.loaders import val_resize_size
+    from utils.data.transforms import val_resize_size
     cfg, size = loaded.config, loaded.config.input_size
     source = dict(checkpoint=None, kind=None, weights="random init (PyTorch's default)",
                   iters=None, sha256=None)

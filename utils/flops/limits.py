@@ -1,13 +1,14 @@
 """FLOPs/params ranges of a space and the default FLOPs limit of a search.
 
-The published limits (docs/method.md, "Counting FLOPs and parameters") are for the
-ImageNet setting: 475M for `mobilenet` (forced skips 1,5,6,9), 330M for `shufflenet`.
-Any other config (the demo's 32x32 inputs, other widths or class counts, other forced
-skips) gets the limit at the same relative position between its cheapest and costliest
-architecture:
+A space's published limit (its class's `published_limit_m`; docs/method.md, "Counting
+FLOPs and parameters": 475M for `mobilenet` with forced skips 1,5,6,9, 330M for
+`shufflenet`) is for the setting it is published at (its class's `imagenet`). Any other
+config (the demo's 32x32 inputs, other widths or class counts, other forced skips) gets
+the limit at the same relative position between its cheapest and costliest architecture:
 
     limit = min + (475M - min_imagenet) / (max_imagenet - min_imagenet) * (max - min)
 
+A space with no published limit gets the limit at UNPUBLISHED_FRACTION of its range.
 A limit given on the command line goes through `parse_limit`, which reads both our
 millions (475, 475M) and the reference's raw multiply-adds (475e6).
 """
@@ -16,13 +17,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from utils.cli.common import UserError
 from utils.flops.table import FlopsTable, load_table
-from utils.spaces import IMAGENET, SearchSpace, SpaceConfig, get_space, make_config
+from utils.spaces import SPACES, SearchSpace, SpaceConfig, get_space, imagenet_config
 
-PUBLISHED_LIMITS_M = {"mobilenet": 475.0, "shufflenet": 330.0}
+# Where the default limit sits between the cheapest and the costliest architecture of a
+# space that publishes no limit: the middle, so that the limit binds but leaves choice.
+UNPUBLISHED_FRACTION = 0.5
 
 
 def cost_range(space: SearchSpace, table: FlopsTable, what: str = "flops") -> tuple[int, int]:
@@ -35,26 +36,21 @@ def cost_range(space: SearchSpace, table: FlopsTable, what: str = "flops") -> tu
     return base + lo, base + hi
 
 
-def cheapest_arch(space: SearchSpace, table: FlopsTable, what: str = "flops") -> tuple[int, ...]:
-    m = table.flops if what == "flops" else table.params
-    mask = space.allowed_mask()
-    n_cols = m.shape[1]
-    arch = []
-    for i in range(space.num_layers):
-        cols = np.flatnonzero(mask[i])
-        c = int(cols[np.argmin(m[i, cols])])
-        arch.append(-1 if c == n_cols - 1 else c)
-    return tuple(arch)
-
-
 def default_flops_limit(config: SpaceConfig) -> tuple[float, str]:
     """(limit in MFLOPs, how it was chosen) for `config`."""
-    published = PUBLISHED_LIMITS_M[config.space]
-    ref_cfg = make_config(config.space, **IMAGENET)
+    published = SPACES.get(config.space).published_limit_m
+    if published is None:
+        lo, hi = cost_range(get_space(config), load_table(config))
+        limit = (lo + UNPUBLISHED_FRACTION * (hi - lo)) / 1e6
+        return limit, (f"{UNPUBLISHED_FRACTION:.1%} of the way from the cheapest "
+                       f"({lo / 1e6:.2f}M) to the costliest ({hi / 1e6:.2f}M) architecture "
+                       f"(the {config.space} space publishes no limit)")
+    ref_cfg = imagenet_config(config.space)
     if config == ref_cfg:
         return published, f"the published {published:g}M of the ImageNet setting"
     ref_lo, ref_hi = cost_range(get_space(ref_cfg), load_table(ref_cfg))
-    frac = (published * 1e6 - ref_lo) / (ref_hi - ref_lo)
+    # Every architecture costing the same leaves no place to keep: then all of them fit.
+    frac = (published * 1e6 - ref_lo) / (ref_hi - ref_lo) if ref_hi > ref_lo else 1.0
     lo, hi = cost_range(get_space(config), load_table(config))
     limit = (lo + frac * (hi - lo)) / 1e6
     return limit, (f"{frac:.1%} of the way from the cheapest ({lo / 1e6:.2f}M) to the costliest "

@@ -1,4 +1,4 @@
-"""FLOPs (multiply-accumulates) and parameter lookup tables, and the `flops.py` CLI.
+"""FLOPs (multiply-accumulates) and parameter lookup tables (the CLI is tools/flops.py).
 
 A table is built once per space config by profiling every candidate op at its input
 resolution (on the meta device: shapes only, no arithmetic), saved as JSON, and an
@@ -9,7 +9,6 @@ a whole batch of architectures with one numpy gather.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.spaces import SearchSpace, SpaceConfig, get_space
+from utils.spaces import SearchSpace, SpaceConfig, get_space, op_columns
 from utils.spaces.base import conv_out
 
 TABLE_VERSION = 1
@@ -138,8 +137,7 @@ class FlopsTable:
         a = np.asarray(archs, dtype=np.int64)
         single = a.ndim == 1
         a = np.atleast_2d(a)
-        # op -1 indexes the last column (the zero-cost skip) by numpy's own rules.
-        out = table[np.arange(a.shape[1]), a].sum(axis=1)
+        out = table[np.arange(a.shape[1]), op_columns(a, table.shape[1])].sum(axis=1)
         return out[0] if single else out
 
     def flops_of(self, archs) -> np.ndarray | int:

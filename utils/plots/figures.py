@@ -11,7 +11,6 @@ every PNG is written atomically. Each function returns the paths it wrote.
 from __future__ import annotations
 
 import os
-from typing import Sequence
 
 import numpy as np
 from matplotlib import colormaps
@@ -20,35 +19,24 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
+from utils.files import write_atomic
+from utils.search.log import UNRECORDED_SCORER, rank_key
+from utils.search.pareto import pareto_front
+from utils.search.scorers import scorer_class
+
 DPI = 130
-SCORE_LABEL = {"indicator": "BN indicator (sum of mean |gamma|)",
-               "accuracy": "SPOS top-1 on the validation subset (%)"}
 
 
 def _save(fig: Figure, path: str) -> str:
     FigureCanvasAgg(fig)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    try:
-        fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, ".png", lambda f: fig.savefig(f, format="png", dpi=DPI,
+                                                      bbox_inches="tight"), faults=False)
     return path
 
 
-def pareto_front(flops: Sequence[float], score: Sequence[float]) -> np.ndarray:
-    """Indices of the candidates no other beats on both (fewer FLOPs, higher score), by FLOPs."""
-    f = np.asarray(flops, dtype=np.float64)
-    s = np.asarray(score, dtype=np.float64)
-    order = np.lexsort((-s, f))  # by FLOPs, best score first among equal FLOPs
-    front, best = [], -np.inf
-    for i in order:
-        if s[i] > best:
-            front.append(int(i))
-            best = s[i]
-    return np.array(front, dtype=np.int64)
+def _score_label(log: dict) -> str:
+    """The y axis of a log's scores: its scorer's text ("score" for a name not known)."""
+    return scorer_class(log.get("score_kind")).axis_label
 
 
 def generation_stats(candidates: list[dict]) -> dict[str, np.ndarray] | None:
@@ -71,7 +59,6 @@ def generation_stats(candidates: list[dict]) -> dict[str, np.ndarray] | None:
 # ---- search log ----------------------------------------------------------------------
 
 def _ea_pick(log: dict) -> dict | None:
-    from utils.search.log import rank_key
     cands = [c for c in log.get("candidates") or [] if c.get("score") is not None]
     return min(cands, key=rank_key) if cands else None
 
@@ -80,7 +67,6 @@ def _plot_generations(log: dict, path: str) -> str | None:
     st = generation_stats(log.get("candidates") or [])
     if st is None:
         return None
-    kind = log.get("score_kind")
     fig = Figure(figsize=(7.0, 4.2))
     ax = fig.add_subplot()
     x = st["generation"]
@@ -94,7 +80,7 @@ def _plot_generations(log: dict, path: str) -> str | None:
                    label=f"proven optimum ({ex['score']:.4f})")
     ax.set_xlabel("generation (0 = initial population)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(SCORE_LABEL.get(kind, "score"))
+    ax.set_ylabel(_score_label(log))
     ax.set_title(f"Evolutionary search: {len(log.get('candidates') or [])} candidates scored")
     ax.grid(alpha=0.3)
     _legend_below(ax)
@@ -142,7 +128,7 @@ def _plot_flops_vs_score(log: dict, path: str) -> str | None:
         ax.axvline(limit / 1e6, color="gray", ls="--", lw=1,
                    label=f"FLOPs limit ({limit / 1e6:.2f}M)")
     ax.set_xlabel("FLOPs (M multiply-adds)")
-    ax.set_ylabel(SCORE_LABEL.get(log.get("score_kind"), "score"))
+    ax.set_ylabel(_score_label(log))
     ax.set_title(f"Every scored candidate ({len(cands)}) and the Pareto front")
     ax.grid(alpha=0.3)
     _legend_below(ax)
@@ -199,7 +185,8 @@ def _plot_heatmap(log: dict, path: str) -> str | None:
     ax.set_xticks(range(cols), names, rotation=30, ha="right", fontsize=8)
     # Layers whose ops the indicator cannot tell apart (utils/search/diagnostics.py).
     flat: set[int] = set()
-    if log.get("config") and log.get("score_kind", "indicator") == "indicator":
+    kind = log.get("score_kind", UNRECORDED_SCORER)
+    if log.get("config") and scorer_class(kind).bn_diagnostics:
         from utils.search.diagnostics import diagnose
         from utils.spaces import SpaceConfig, get_space
         flat = set(diagnose(get_space(SpaceConfig.from_dict(log["config"])), m)["flat_layers"])

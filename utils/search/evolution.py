@@ -31,7 +31,11 @@ from typing import Callable
 
 import numpy as np
 
+from utils.logs import get_logger
+from utils.search.log import rank_key
 from utils.spaces import SearchSpace
+
+logger = get_logger(__name__)
 
 Arch = tuple[int, ...]
 TOP_LIST = 50  # the reference also keeps a top-50 list, for printing
@@ -52,9 +56,14 @@ class EASettings:
         return asdict(self)
 
 
-def rank_key(arch: Arch, info: dict) -> tuple:
-    """Best first: higher score, then fewer FLOPs, fewer params, then the arch itself."""
-    return (-info["score"], info["flops"], info.get("params") or 0, tuple(arch))
+def _entry_key(arch: Arch, info: dict) -> tuple:
+    """The log's ranking (utils.search.log.rank_key) of a vis_dict entry."""
+    return rank_key(dict(info, arch=arch))
+
+
+def indicator_keys(value: float) -> dict:
+    """The reference BN-NAS's vis_dict key: `err`, minus the score (lower is better)."""
+    return dict(err=-float(value))
 
 
 def upgrade_state(state: dict) -> dict:
@@ -90,24 +99,28 @@ class ChoiceSampler:
 
 
 class Evolution:
-    """Evolutionary search over `space`; scores come from `score_fn([N, L] int64) -> [N]`.
+    """Evolutionary search over `space`; scores come from `score_fn([N, L] int64) -> [N]`
+    (higher is better).
 
     `cost_fn(archs) -> (flops [N], params [N])` gives the costs; a candidate is feasible
-    when flops <= flops_limit and (if set) params <= params_limit.
+    when flops <= flops_limit and (if set) params <= params_limit. `reference_keys(score)`
+    gives the reference's extra keys of a vis_dict entry (`err`, and `acc` for SPOS: the
+    scorer's `reference_keys`); `log` takes the warning lines.
     """
 
     def __init__(self, space: SearchSpace, settings: EASettings,
                  score_fn: Callable[[np.ndarray], np.ndarray],
                  cost_fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
                  flops_limit: float, params_limit: float | None = None,
-                 score_kind: str = "indicator", log: Callable[[str], None] = print):
+                 reference_keys: Callable[[float], dict] = indicator_keys,
+                 log: Callable[[str], None] | None = None):
         if settings.select_num < 1 or settings.population_num < 1:
             raise ValueError("--select-num and --population-num must be at least 1")
         self.space, self.settings = space, settings
         self.score_fn, self.cost_fn = score_fn, cost_fn
         self.flops_limit, self.params_limit = flops_limit, params_limit
-        self.score_kind = score_kind
-        self.log = log
+        self.reference_keys = reference_keys
+        self.log = log if log is not None else logger.info
         self.sampler = ChoiceSampler(space)
         self.rng = np.random.default_rng(settings.seed)
         # What the reference saves (same keys, same meaning) ...
@@ -232,17 +245,14 @@ class Evolution:
         for arch, sc, f, p in zip(archs, scores.tolist(), flops.tolist(), params.tolist()):
             info = dict(score=float(sc), flops=int(f), params=int(p), generation=generation,
                         origin=taken[arch], visited=True)
-            # The reference's keys: `err` (lower is better) and, for accuracy, `acc`.
-            info["err"] = -float(sc) if self.score_kind == "indicator" else 100.0 - float(sc)
-            if self.score_kind == "accuracy":
-                info["acc"] = float(sc)
+            info.update(self.reference_keys(float(sc)))  # `err` (lower is better), ...
             self.vis_dict[arch] = info
         return archs
 
     def _update_top_k(self, new: list[Arch]) -> None:
         for k in self.keep_top_k:
             merged = self.keep_top_k[k] + [c for c in new if c not in self.keep_top_k[k]]
-            merged.sort(key=lambda c: rank_key(c, self.vis_dict[c]))
+            merged.sort(key=lambda c: _entry_key(c, self.vis_dict[c]))
             self.keep_top_k[k] = merged[:k]
 
     # ---- the loop ------------------------------------------------------------------
@@ -284,7 +294,7 @@ class Evolution:
 
     # ---- results -------------------------------------------------------------------
     def ranked(self) -> list[tuple[Arch, dict]]:
-        return sorted(self.vis_dict.items(), key=lambda kv: rank_key(*kv))
+        return sorted(self.vis_dict.items(), key=lambda kv: _entry_key(*kv))
 
     def best(self) -> tuple[Arch, dict] | None:
         r = self.ranked()

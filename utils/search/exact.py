@@ -14,13 +14,13 @@ in milliseconds, and the answer is exact: no weight is rounded.
 """
 from __future__ import annotations
 
-import bisect
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-SKIP = -1
+from utils.search.pareto import pareto_front, pareto_front_3d
+from utils.spaces import SKIP
 
 
 @dataclass(frozen=True)
@@ -31,41 +31,6 @@ class ExactResult:
     params: int | None
     seconds: float
     max_front: int  # largest number of partial solutions kept at any layer
-
-
-def _pareto_2d(f: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """Indices of the points no other point beats on both (lower f, higher s)."""
-    order = np.lexsort((-s, f))  # by flops up, then score down (stable: earlier wins ties)
-    s_sorted = s[order]
-    best_before = np.maximum.accumulate(s_sorted)
-    keep = np.ones(len(order), dtype=bool)
-    keep[1:] = s_sorted[1:] > best_before[:-1]
-    return order[keep]
-
-
-def _pareto_3d(f: np.ndarray, p: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """Indices of the points not dominated in (lower f, lower p, higher s)."""
-    order = np.lexsort((-s, p, f))
-    # Sweep in flops order; `stair` holds the kept points' (params, score) as a staircase
-    # (params up, score strictly up), so "is there an earlier point with params <= p and
-    # score >= s" is one bisection.
-    stair_p: list[int] = []
-    stair_s: list[float] = []
-    keep = []
-    for idx in order.tolist():
-        pi, si = int(p[idx]), float(s[idx])
-        j = bisect.bisect_right(stair_p, pi) - 1
-        if j >= 0 and stair_s[j] >= si:
-            continue
-        keep.append(idx)
-        # Insert (pi, si), removing the entries it dominates (params >= pi, score <= si).
-        k = bisect.bisect_left(stair_p, pi)
-        end = k
-        while end < len(stair_p) and stair_s[end] <= si:
-            end += 1
-        stair_p[k:end] = [pi]
-        stair_s[k:end] = [si]
-    return np.asarray(keep, dtype=np.int64)
 
 
 def solve(score: np.ndarray, flops: np.ndarray, allowed: np.ndarray, flops_limit: float,
@@ -131,9 +96,9 @@ def solve(score: np.ndarray, flops: np.ndarray, allowed: np.ndarray, flops_limit
             lower = (cand_s[idx] + rest_cheap_s[i]).max()
             slack = 1e-9 * (1.0 + abs(lower))  # float sums may differ in the last bits
             idx = idx[cand_s[idx] + rest_max_s[i] >= lower - slack]
-            keep = idx[_pareto_2d(cand_f[idx], cand_s[idx])]
+            keep = idx[pareto_front(cand_f[idx], cand_s[idx])]
         else:
-            keep = idx[_pareto_3d(cand_f[idx], cand_p[idx], cand_s[idx])]
+            keep = idx[pareto_front_3d(cand_f[idx], cand_p[idx], cand_s[idx])]
             fr_p = cand_p[keep]
         fr_f, fr_s = cand_f[keep], cand_s[keep]
         parents.append(parent[keep])

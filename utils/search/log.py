@@ -30,14 +30,20 @@ import torch
 from utils import files
 from utils.checkpoints import io as checkpoint
 from utils.cli.common import UserError
-from utils.spaces import IMAGENET, ArchError, SpaceConfig, get_space, make_config
+from utils.checkpoints.original import release_config
+from utils.spaces import ArchError, SpaceConfig, get_space
 
 LOG_PTH = "ea_results.pth.tar"
 LOG_JSON = "ea_results.json"
-SCORE_KINDS = ("indicator", "accuracy")
+# score_kind: the scorer's name (utils.search.scorers.SCORERS). A log of ours that does
+# not record it was scored by the BN indicator; an original SPOS log is SPOS accuracy.
+UNRECORDED_SCORER = "indicator"
+SPOS_SCORER = "accuracy"
 
 
 def rank_key(c: dict) -> tuple:
+    """Best first: higher score, then fewer FLOPs (unknown: last), fewer params, then the
+    smaller arch tuple. The one ranking of the EA's top-k, eval.py and retrain's pick."""
     return (-c["score"], c["flops"] if c.get("flops") is not None else float("inf"),
             c.get("params") or 0, tuple(c["arch"]))
 
@@ -125,7 +131,7 @@ def _from_pth(obj: dict, path: str) -> dict:
     if ours:
         cfg = SpaceConfig.from_dict(obj["config"])
     else:
-        cfg = make_config("mobilenet", **IMAGENET)  # the reference searched this space only
+        cfg = release_config()  # the reference searched this space only
     space = get_space(cfg)
     table = None
     if not ours:
@@ -166,12 +172,15 @@ def _from_pth(obj: dict, path: str) -> dict:
                           generation=info.get("generation", first_gen.get(arch)),
                           **(dict(top5=top5) if is_spos else {})))
     exact = obj.get("exact") if ours else None
-    kind = "accuracy" if spos and not ours else "unknown"
-    extra = {} if kind != "accuracy" else dict(
+    # The scorer's name (utils.search.scorers): ours record it; a reference log is SPOS
+    # accuracy when its errors say so, else of unknown kind (BN-NAS wrote no name).
+    spos_log = bool(spos) and not ours
+    kind = UNRECORDED_SCORER if ours else (SPOS_SCORER if spos_log else "unknown")
+    extra = {} if not spos_log else dict(
         score_note="top-1 %, " + ("100 x (1 - the SPOS log's top-1 error)" if pct == 100.0
                                   else "100 - the SPOS log's top-1 error %"))
     return dict(source="pth" if ours else "reference", path=path, config=cfg.to_dict(),
-                score_kind=obj.get("score_kind", "indicator" if ours else kind), **extra,
+                score_kind=obj.get("score_kind", kind), **extra,
                 method=obj.get("method", "ea"), flops_limit=obj.get("flops_limit"),
                 candidates=cands, exact=exact, finished=obj.get("finished", True))
 
@@ -237,8 +246,7 @@ def check_entries(log: dict, path: str) -> None:
     candidate (and the exact optimum) needs an architecture valid for the log's space,
     a numeric score (or none: unscored) and non-negative numeric FLOPs / params (or none)."""
     try:
-        cfg = SpaceConfig.from_dict(log["config"]) if log.get("config") else make_config(
-            "mobilenet", **IMAGENET)
+        cfg = SpaceConfig.from_dict(log["config"]) if log.get("config") else release_config()
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"search log {path} has a malformed config ({e})") from None
     space = get_space(cfg)
@@ -298,8 +306,7 @@ def ranked(log: dict) -> list[dict]:
 def best_arch(log_dir: str) -> tuple[tuple[int, ...], SpaceConfig]:
     """The architecture eval.py ranks first, validated, with its space config."""
     log = load_log(log_dir)
-    cfg = SpaceConfig.from_dict(log["config"]) if log.get("config") else make_config(
-        "mobilenet", **IMAGENET)
+    cfg = SpaceConfig.from_dict(log["config"]) if log.get("config") else release_config()
     r = ranked(log)
     path = log.get("path", log_dir)
     if not r:

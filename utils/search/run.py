@@ -7,9 +7,11 @@ indicator matrix of its config, pick the FLOPs limit (--flops-limit / --params-l
   after every generation with the complete EA state (generator included), so rerunning
   the same command continues where it stopped and ends exactly where an uninterrupted
   run ends; a finished log with the same settings is only reported;
-* exact (`--method exact|both`, indicator scoring only): the multiple-choice knapsack of
+* exact (`--method exact|both`, additive scorers only): the multiple-choice knapsack of
   `utils.search.exact`, which proves the best architecture under the limits;
-then print the top-k, the EA's best vs the proven optimum, and scoring times.
+then print the top-k, the EA's best vs the proven optimum, and scoring times. What scores
+the candidates is the scorer named by --score (utils.search.scorers.SCORERS; a --plugin
+file may register more).
 Settings can come from `--config FILE.yaml` (utils.cli.config_file); a search that runs
 writes its resolved settings to LOG_DIR/config.yaml.
 """
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import os
 import time
 
@@ -30,9 +31,12 @@ from utils.cli.config_file import add_config_arg, write_settings
 from utils.cli.common import (POPULATION_MAX, ArgumentParser, UserError, batch_size_int, int_range,
                        nonneg_int, population_int, positive_int, probability, seed_int,
                        workers_int)
-from utils.train.engine import first_nonfinite
+from utils.dist import launcher_rank
+from utils.logs import get_logger, setup_logging
+from utils.plugins import add_plugin_arg
 from utils.search.evolution import ChoiceSampler, EASettings, Evolution, upgrade_state
 from utils.search.exact import solve
+from utils.search.scorers import DEFAULT_SCORER, SCORERS, ScoreContext, check_method
 from utils.flops.table import load_table
 from utils.search.diagnostics import diagnose, spread_lines
 from utils.flops.limits import cost_range, default_flops_limit, parse_limit
@@ -42,6 +46,8 @@ from utils.search.log import (LOG_JSON, LOG_PTH, candidate_list, load_log, load_
 from utils.spaces import get_space
 from utils.checkpoints.supernet import load_supernet
 
+log = get_logger(__name__)
+
 # Version 2: `memory` is the reference's per-generation population; the top-k history
 # that version 1 kept there is `keep_top_history` (utils.search.evolution.upgrade_state).
 LOG_VERSION = 2
@@ -49,12 +55,8 @@ EA_STATE_KEYS = ("memory", "keep_top_history", "candidates", "vis_dict", "keep_t
                  "initialised", "populations", "stats", "score_seconds", "rng_state")
 LOCK_NAME = ".lock"  # in the log folder, while a search runs on it
 SETTINGS_NAME = "config.yaml"  # the run's resolved settings, in the log folder
-PENDING_SAVE_SECONDS = 60.0  # accuracy scoring: save finished scores this often
+PENDING_SAVE_SECONDS = 60.0  # non-additive scoring: save finished scores this often
 GENERATIONS_MAX = 1_000_000  # --max-epochs
-
-
-def say(msg: str = "") -> None:
-    print(msg, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,8 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--topk", type=positive_int, default=10, help="how many to print")
     g.add_argument("--method", choices=["ea", "exact", "both"], default="both",
                    help="evolutionary search, exact search, or both (reports the gap)")
-    g.add_argument("--score", choices=["indicator", "accuracy"], default="indicator",
-                   help="BN indicator (BN-NAS) or SPOS accuracy (needs a --train-all supernet)")
+    g.add_argument("--score", choices=SCORERS.names(), default=DEFAULT_SCORER,
+                   help="what ranks the candidates: " + "; ".join(
+                       f"{n}: {c.help or c.label}" for n, c in SCORERS.items())
+                   + " (--method exact needs a sum over layers: "
+                   + ", ".join(n for n, c in SCORERS.items() if c.additive) + ")")
     a = p.add_argument_group("SPOS accuracy scoring (--score accuracy)")
     a.add_argument("--train_dir", "--train-dir", dest="train_dir", default="../../data/train",
                    help="ImageFolder of training images (BN recalibration)")
@@ -116,11 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--input-format", "--input_format", dest="input_format", default=None,
                    choices=["rgb", "bgr255"],
                    help="input convention (default: the one the supernet was trained with)")
+    for _, cls in SCORERS.items():  # flags of the other scorers (plug-ins' too)
+        cls.add_arguments(p)
     # Hidden: stop after a generation (resume tests); the legacy launcher's rank flag.
     p.add_argument("--stop-after-generation", type=positive_int, default=None,
                    help=argparse.SUPPRESS)
     p.add_argument("--local_rank", "--local-rank", type=nonneg_int, default=None,
                    help=argparse.SUPPRESS)
+    add_plugin_arg(p)
     add_config_arg(p, "search/ea.py")
     return p
 
@@ -134,16 +142,7 @@ def _check_args(args: argparse.Namespace) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
     if not 0.0 <= args.m_prob <= 1.0:
         raise UserError(f"--m_prob must be in [0, 1], got {args.m_prob}")
-    if args.score == "accuracy" and args.method == "exact":
-        raise UserError("--method exact needs a score that is a sum over layers (the BN "
-                        "indicator); use --method ea with --score accuracy")
-
-
-def _fingerprint(tensors) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+    check_method(args.score, args.method)
 
 
 def _fmt_m(x) -> str:
@@ -158,69 +157,57 @@ class Search:
         self.flops_arg = None if args.flops_limit is None else parse_limit(args.flops_limit)
         self.params_arg = (None if args.params_limit is None
                            else parse_limit(args.params_limit, "params"))
+        self.scorer = scorer = SCORERS.get(args.score)()
         t0 = time.perf_counter()
         self.ck = ck = load_supernet(args.checkpoint)
         self.cfg = cfg = ck.config
         self.space = get_space(cfg)
         self.table = load_table(cfg)
+        # The BN indicator is logged (and diagnosed) whatever the scorer: eval.py and the
+        # heatmap read it.
         try:
             self.matrix = indicator.indicator_matrix(self.space, ck.state_dict)
         except UserError as e:  # a diverged supernet: name the file
             raise UserError(f"{args.checkpoint}: {e}") from None
-        if args.score == "accuracy":
-            bad = first_nonfinite(ck.state_dict.items())
-            if bad is not None:
-                raise UserError(f"{args.checkpoint}: weight '{bad}' is nan or inf: the "
-                                f"supernet's training diverged; retrain it")
-        say(f"supernet {args.checkpoint}: {cfg.describe()}"
-            + (" (reference BN-NAS checkpoint)" if ck.reference else "")
-            + f", loaded in {time.perf_counter() - t0:.2f}s")
+        scorer.validate_checkpoint(ck, args.checkpoint)
+        self.context = ScoreContext(space=self.space, table=self.table,
+                                    state_dict=ck.state_dict, checkpoint=ck,
+                                    checkpoint_path=args.checkpoint, args=args,
+                                    indicator=self.matrix)
+        log.info(f"supernet {args.checkpoint}: {cfg.describe()}"
+                 + (" (reference BN-NAS checkpoint)" if ck.reference else "")
+                 + f", loaded in {time.perf_counter() - t0:.2f}s")
         # Layers whose ops the indicator cannot tell apart (utils/search/diagnostics.py).
         self.diagnostics = diagnose(self.space, self.matrix)
-        if args.score == "indicator":
+        if scorer.bn_diagnostics:
             for line in spread_lines(self.space, self.diagnostics):
-                say(line)
-        self._check_training_mode()
+                log.info(line)
+        scorer.check_supernet(ck, args.checkpoint)
         self._limits()
         self.settings = EASettings(args.max_epochs, args.select_num, args.population_num,
                                    args.m_prob, args.crossover_num, args.mutation_num, args.seed)
         self.method = args.method
-        if args.score == "accuracy" and args.method == "both":
-            say("note: --score accuracy is not a sum over layers, so there is no exact search; "
-                "running the EA only")
+        if not scorer.additive and args.method == "both":
+            log.info(f"note: --score {args.score} is not a sum over layers, so there is no "
+                     f"exact search; running the EA only")
             self.method = "ea"
         self.log_pth = os.path.join(args.log_dir, LOG_PTH)
-        self.scorer = None
+        self.prepared = False
+        self.candidate_seconds: list[float] = []  # non-additive scoring, this process
 
     # ---- checks ----------------------------------------------------------------------
-    def _check_training_mode(self) -> None:
-        ck, args = self.ck, self.args
-        if args.score == "accuracy":
-            if ck.train_all is False:
-                raise UserError(
-                    f"--score accuracy needs a supernet trained with --train-all (SPOS); "
-                    f"{args.checkpoint} trained only BN parameters, so its convolutions are "
-                    f"random and accuracies would be meaningless (use --score indicator)")
-            if ck.train_all is None:
-                say("warning: cannot tell whether this reference supernet was trained with "
-                    "all weights; SPOS accuracy scoring is only meaningful if it was")
-        elif ck.train_all:
-            say(f"warning: {args.checkpoint} was trained with --train-all (SPOS); the BN "
-                f"indicator is defined for BN-only supernets (BN-NAS), so its ranking may "
-                f"be poor (consider --score accuracy)")
-
     def _limits(self) -> None:
         lo, hi = cost_range(self.space, self.table, "flops")
         fa, pa = self.flops_arg, self.params_arg
         if fa is None:
             limit_m, why = default_flops_limit(self.cfg)
-            say(f"FLOPs limit: {limit_m:.2f}M (default: {why})")
+            log.info(f"FLOPs limit: {limit_m:.2f}M (default: {why})")
             self.limit_rule, self.flops_limit = why, limit_m * 1e6
             self.flops_reading = "default"
         else:
             # The raw count as given (not millions * 1e6), so 475e6 stays exactly 475e6.
             limit_m, self.flops_limit = fa.millions, fa.count
-            say(f"FLOPs limit: {limit_m:.2f}M ({fa.explained})")
+            log.info(f"FLOPs limit: {limit_m:.2f}M ({fa.explained})")
             self.limit_rule, self.flops_reading = "--flops-limit", fa.explained
         if self.flops_limit < lo:
             raise UserError(f"--flops-limit {limit_m:g}M is below the cheapest architecture of "
@@ -237,7 +224,7 @@ class Search:
         self.params_reading = None if pa is None else pa.explained
         self.params_excludes_nothing = None
         if pa is not None:
-            say(f"params limit: {pa.millions:.2f}M ({pa.explained})")
+            log.info(f"params limit: {pa.millions:.2f}M ({pa.explained})")
             plo, phi = cost_range(self.space, self.table, "params")
             if self.params_limit < plo:
                 raise UserError(f"--params-limit {pa.millions:g}M is below the smallest "
@@ -249,7 +236,7 @@ class Search:
                                  f"excludes nothing")
 
     def _warn_limit(self, msg: str) -> None:
-        say(f"warning: {msg}")
+        log.info(f"warning: {msg}")
         self.limit_warnings.append(msg)
 
     # ---- log identity ----------------------------------------------------------------
@@ -260,20 +247,8 @@ class Search:
                    params_limit_m=(None if self.params_limit_m is None
                                    else round(self.params_limit_m, 6)),
                    **{k: v for k, v in self.settings.to_dict().items() if k != "max_epochs"})
-        if a.score == "indicator":
-            sig["supernet"] = _fingerprint([torch.from_numpy(self.matrix)])
-        else:
-            sd = self.ck.state_dict
-            sig["supernet"] = _fingerprint(sd[k] for k in sorted(sd))
-            sig.update(bn_batches=a.bn_batches, batch_size=a.batch_size,
-                       val_images=a.val_images, train_dir=os.path.abspath(a.train_dir),
-                       test_dir=os.path.abspath(a.test_dir), input_format=self._input_format())
-            if self.ck.resize_mode not in (None, "antialias"):  # older logs: the default
-                sig["resize_mode"] = self.ck.resize_mode
+        sig.update(self.scorer.signature(self.context))  # what the scores depend on
         return sig
-
-    def _input_format(self) -> str:
-        return self.args.input_format or self.ck.input_format or "rgb"
 
     def _existing(self, sig: dict) -> dict | None:
         if not os.path.exists(self.log_pth):
@@ -291,21 +266,22 @@ class Search:
         return old
 
     # ---- scoring -----------------------------------------------------------------------
-    def _indicator_score(self, archs: np.ndarray) -> np.ndarray:
-        return indicator.score(self.matrix, archs)
+    def _prepare(self) -> None:
+        if not self.prepared:
+            self.scorer.prepare(self.context)
+            self.prepared = True
+
+    def _objective(self, archs: np.ndarray) -> np.ndarray:
+        self._prepare()
+        return self.scorer.objective(archs)
 
     def _costs(self, archs: np.ndarray):
         return self.table.flops_of(archs), self.table.params_of(archs)
 
-    def _accuracy_fn(self, pending: dict):
-        from utils.search.spos import SposScorer
-        a = self.args
-        self.scorer = SposScorer(self.space, self.ck.state_dict, a.train_dir, a.test_dir,
-                                 bn_batches=a.bn_batches, batch_size=a.batch_size,
-                                 val_images=a.val_images, device=a.device, seed=a.seed,
-                                 workers=a.workers, input_format=self._input_format(), log=say,
-                                 class_names=self.ck.classes, resize_mode=self.ck.resize_mode,
-                                 source=f"supernet {a.checkpoint}")
+    def _one_by_one(self, pending: dict):
+        """Score function of a non-additive scorer: one candidate at a time, each printed,
+        finished scores kept in `pending` (and saved now and then) for a resume."""
+        self._prepare()
         last_save = [time.monotonic()]
 
         def score(archs: np.ndarray) -> np.ndarray:
@@ -313,9 +289,12 @@ class Search:
             for k, arch in enumerate(np.atleast_2d(archs)):
                 key = tuple(int(x) for x in arch)
                 if key not in pending:
-                    pending[key] = self.scorer.score_one(key)
-                    say(f"  candidate {k + 1}/{len(archs)}: top-1 {pending[key]:.2f}% "
-                        f"({self.scorer.seconds[-1]:.1f}s)")
+                    t0 = time.perf_counter()
+                    pending[key] = float(self.scorer.objective(np.array([key]))[0])
+                    self.candidate_seconds.append(time.perf_counter() - t0)
+                    log.info(f"  candidate {k + 1}/{len(archs)}: "
+                             f"{self.scorer.format_value(pending[key])} "
+                             f"({self.candidate_seconds[-1]:.1f}s)")
                     if time.monotonic() - last_save[0] > PENDING_SAVE_SECONDS:
                         # Keep finished scores of the unfinished generation: a rerun
                         # re-proposes the same candidates and takes them from here.
@@ -388,10 +367,11 @@ class Search:
         pending: dict = {}
         wants_ea = self.method in ("ea", "both")
         kept = None  # an EA state of this log that a --method exact run must not drop
-        self._score = self._indicator_score
+        self._score = self._objective
         if wants_ea:
             ea = Evolution(self.space, self.settings, lambda a: self._score(a), self._costs,
-                           self.flops_limit, self.params_limit, args.score, log=say)
+                           self.flops_limit, self.params_limit,
+                           reference_keys=self.scorer.reference_keys, log=log.info)
         if old is not None:
             if old.get("initialised"):
                 old = self._upgrade(old)
@@ -404,42 +384,45 @@ class Search:
             done = (not wants_ea or ea.finished) and old.get("finished") \
                 and old.get("method") == self.method
             if done:
-                say(f"{self.log_pth} already holds this finished search; reporting it "
-                    f"(remove it or use another --log-dir to search again)")
+                log.info(f"{self.log_pth} already holds this finished search; reporting it "
+                         f"(remove it or use another --log-dir to search again)")
                 self.exact, self.finished = old.get("exact"), True
                 self.report(load_log(args.log_dir))
                 return
             if wants_ea and ea.initialised:
-                say(f"resuming {self.log_pth} after generation {ea.epoch} of "
-                    f"{self.settings.max_epochs}")
+                log.info(f"resuming {self.log_pth} after generation {ea.epoch} of "
+                         f"{self.settings.max_epochs}")
+        one_by_one = not self.scorer.additive  # slow scorers: progress and partial saves
         if wants_ea:
             self._snapshot = copy.deepcopy(ea.state_dict())
-            if args.score == "accuracy":
-                self._score = self._accuracy_fn(pending)
+            self._prepare()  # before the EA's first line (the SPOS data are read here)
+            if one_by_one:
+                self._score = self._one_by_one(pending)
             s = self.settings
-            say(f"EA: population {s.population_num}, top {s.select_num}, {s.mutation_num} "
-                f"mutations (p={s.m_prob}), {s.crossover_num} crossovers, {s.max_epochs} "
-                f"generations, seed {s.seed}, FLOPs <= {self.flops_limit_m:.2f}M"
-                + (f", params <= {self.params_limit_m:g}M" if self.params_limit else ""))
+            log.info(f"EA: population {s.population_num}, top {s.select_num}, "
+                     f"{s.mutation_num} mutations (p={s.m_prob}), {s.crossover_num} "
+                     f"crossovers, {s.max_epochs} generations, seed {s.seed}, FLOPs <= "
+                     f"{self.flops_limit_m:.2f}M"
+                     + (f", params <= {self.params_limit_m:g}M" if self.params_limit else ""))
             self._write_settings()
             stopped = [False]
 
             def after(e: Evolution, stat: dict) -> bool:
                 best = e.best()
-                say(f"generation {stat['generation']:>2}/{s.max_epochs}: {stat['new']} new "
-                    f"({stat['mutation']} mutation, {stat['crossover']} crossover, "
-                    f"{stat['random']} random), best {best[1]['score']:.4f} at "
-                    f"{_fmt_m(best[1]['flops'])} FLOPs, {stat['seconds']:.3f}s"
-                    if best else f"generation {stat['generation']}: no candidate fits")
+                log.info(f"generation {stat['generation']:>2}/{s.max_epochs}: {stat['new']} "
+                         f"new ({stat['mutation']} mutation, {stat['crossover']} crossover, "
+                         f"{stat['random']} random), best {best[1]['score']:.4f} at "
+                         f"{_fmt_m(best[1]['flops'])} FLOPs, {stat['seconds']:.3f}s"
+                         if best else f"generation {stat['generation']}: no candidate fits")
                 state = e.state_dict()
                 pending.clear()
                 self._write(state)
-                if args.score == "accuracy":
+                if one_by_one:
                     self._snapshot = copy.deepcopy(state)
                 if args.stop_after_generation is not None and \
                         stat["generation"] >= args.stop_after_generation and not e.finished:
-                    say(f"stopping after generation {stat['generation']} as asked; rerun the "
-                        f"same command to continue")
+                    log.info(f"stopping after generation {stat['generation']} as asked; rerun "
+                             f"the same command to continue")
                     stopped[0] = True
                     return True
                 return False
@@ -478,27 +461,30 @@ class Search:
             raise UserError(f"{self.log_pth} is an EA log of an older version that cannot be "
                             f"resumed (no per-generation populations); use another --log-dir "
                             f"or remove it") from None
-        say(f"note: {self.log_pth} is a version-{old.get('version', 1)} log: its memory (the "
-            f"top-{self.settings.select_num} history) is read as keep_top_history, and memory "
-            f"is rebuilt from its per-generation populations, as the reference's")
+        log.info(f"note: {self.log_pth} is a version-{old.get('version', 1)} log: its memory "
+                 f"(the top-{self.settings.select_num} history) is read as keep_top_history, "
+                 f"and memory is rebuilt from its per-generation populations, as the "
+                 f"reference's")
         return new
 
     def _exact(self) -> None:
-        res = solve(self.matrix, self.table.flops, self.space.allowed_mask(), self.flops_limit,
+        self._prepare()
+        res = solve(self.scorer.objective_matrix(), self.table.flops, self.space.allowed_mask(), self.flops_limit,
                     params=self.table.params, params_limit=self.params_limit,
                     base_flops=self.table.base_flops, base_params=self.table.base_params)
         if res is None:
             raise UserError(f"no architecture fits FLOPs <= {self.flops_limit_m:g}M and "
                             f"params <= {self.params_limit_m}M together")
         # Re-score with the EA's own function, so equal architectures get equal floats.
-        score = float(self._indicator_score(np.array([res.arch]))[0])
+        score = float(self._objective(np.array([res.arch]))[0])
         self.exact = dict(arch=list(res.arch), score=score, flops=res.flops,
                           params=self.table.params_of(res.arch), seconds=res.seconds,
                           max_front=res.max_front)
         self.timing["exact_seconds"] = res.seconds
 
     def _time_1000(self, ea: Evolution | None) -> None:
-        """The reference's figure: time to score 1,000 candidates (here also as one batch)."""
+        """The reference's figure: time to score 1,000 candidates with the BN indicator
+        (here also as one batch), and a non-additive scorer's time per candidate."""
         archs = list(ea.vis_dict)[:1000] if ea else []
         rng = np.random.default_rng(self.args.seed)
         if len(archs) < 1000:
@@ -513,65 +499,63 @@ class Search:
         indicator.score(self.matrix, a)
         batch = time.perf_counter() - t0
         self.timing.update(score_1000_seconds=one, score_1000_batch_seconds=batch)
-        if self.scorer is not None and self.scorer.seconds:
-            per = float(np.mean(self.scorer.seconds))
-            self.timing.update(accuracy_seconds_per_candidate=per,
-                               accuracy_1000_seconds=1000 * per)
+        if self.candidate_seconds:
+            per = float(np.mean(self.candidate_seconds))
+            key = self.scorer.timing_key
+            self.timing.update({f"{key}_seconds_per_candidate": per,
+                                f"{key}_1000_seconds": 1000 * per})
 
     # ---- report ------------------------------------------------------------------------
-    def report(self, log: dict) -> None:
-        kind = self.args.score
-        what = ("BN indicator, higher is better" if kind == "indicator"
-                else "top-1 % on the fixed validation subset")
-        r = ranked(log)
-        say(f"\ntop {min(self.args.topk, len(r))} of {len(r)} ({what}):")
+    def report(self, result: dict) -> None:
+        sc = self.scorer
+        r = ranked(result)
+        log.info(f"\ntop {min(self.args.topk, len(r))} of {len(r)} ({sc.description}):")
         for i, c in enumerate(r[:self.args.topk]):
             gen = "" if c.get("generation") is None else f", gen {c['generation']}"
-            say(f"{i + 1:>3}. {' '.join(map(str, c['arch']))}  score {c['score']:.4f}  "
-                f"FLOPs {_fmt_m(c['flops'])}  params {_fmt_m(c.get('params'))}  "
-                f"[{c['found_by']}{gen}]")
-        cands = log.get("candidates") or []
+            log.info(f"{i + 1:>3}. {' '.join(map(str, c['arch']))}  score {c['score']:.4f}  "
+                     f"FLOPs {_fmt_m(c['flops'])}  params {_fmt_m(c.get('params'))}  "
+                     f"[{c['found_by']}{gen}]")
+        cands = result.get("candidates") or []
         if cands:
             b = min(cands, key=rank_key)
-            say(f"EA best:       {' '.join(map(str, b['arch']))}  score {b['score']:.4f}  "
-                f"FLOPs {_fmt_m(b['flops'])}  ({len(cands)} candidates scored)")
-        ex = log.get("exact")
+            log.info(f"EA best:       {' '.join(map(str, b['arch']))}  score "
+                     f"{b['score']:.4f}  FLOPs {_fmt_m(b['flops'])}  ({len(cands)} "
+                     f"candidates scored)")
+        ex = result.get("exact")
         if ex:
-            say(f"exact optimum: {' '.join(map(str, ex['arch']))}  score {ex['score']:.4f}  "
-                f"FLOPs {_fmt_m(ex['flops'])}  (proven; {ex['seconds'] * 1e3:.1f} ms)")
+            log.info(f"exact optimum: {' '.join(map(str, ex['arch']))}  score "
+                     f"{ex['score']:.4f}  FLOPs {_fmt_m(ex['flops'])}  (proven; "
+                     f"{ex['seconds'] * 1e3:.1f} ms)")
             if cands:
                 gap = ex["score"] - b["score"]
                 rel = gap / abs(ex["score"]) if ex["score"] else 0.0
-                say(f"gap (exact - EA): {gap:.6f} ({rel:.3%})")
-        t = log.get("timing") or self.timing
+                log.info(f"gap (exact - EA): {gap:.6f} ({rel:.3%})")
+        t = result.get("timing") or self.timing
         if "score_1000_seconds" in t:
-            say(f"Time for scoring 1000 candidates: {t['score_1000_seconds']:.6f}s one at a "
-                f"time (as the reference), {t['score_1000_batch_seconds']:.6f}s as one batch")
-        if "accuracy_1000_seconds" in t:
-            say(f"SPOS accuracy scoring: {t['accuracy_seconds_per_candidate']:.2f}s per "
-                f"candidate, {t['accuracy_1000_seconds']:.0f}s per 1000 candidates")
+            log.info(f"Time for scoring 1000 candidates: {t['score_1000_seconds']:.6f}s one "
+                     f"at a time (as the reference), {t['score_1000_batch_seconds']:.6f}s as "
+                     f"one batch")
+        key = sc.timing_key
+        if f"{key}_1000_seconds" in t:
+            log.info(f"{sc.timing_name or sc.label} scoring: "
+                     f"{t[f'{key}_seconds_per_candidate']:.2f}s per candidate, "
+                     f"{t[f'{key}_1000_seconds']:.0f}s per 1000 candidates")
         if "ea_seconds" in t:
-            say(f"EA wall time: {t['ea_seconds']:.3f}s; results in {self.args.log_dir}/")
-
-
-def launcher_rank(args: argparse.Namespace) -> int:
-    """This process's rank when started by torchrun / torch.distributed.launch, else 0."""
-    for var in ("RANK", "LOCAL_RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return args.local_rank or 0
+            log.info(f"EA wall time: {t['ea_seconds']:.3f}s; results in {self.args.log_dir}/")
 
 
 def run_search(args: argparse.Namespace) -> None:
-    rank = launcher_rank(args)
+    rank = launcher_rank(args.local_rank)
+    setup_logging(rank=rank)
     if rank != 0:  # the search is one process; a multi-GPU launch must not race on the log
-        say(f"rank {rank}: the search runs in rank 0 only; exiting")
+        log.info(f"rank {rank}: the search runs in rank 0 only; exiting",
+                 extra={"all_ranks": True})
         return
     check_output_dir(args.log_dir, "--log-dir")  # before the (slow) supernet load
     # One search per log folder: a second run on it refuses, naming the first's PID.
     with OutputLock(os.path.join(args.log_dir, LOCK_NAME), what=f"search log {args.log_dir}",
-                    log=say):
+                    log=log.info):
         clean_stale_temps(os.path.join(args.log_dir, LOG_PTH),
                           os.path.join(args.log_dir, LOG_JSON),
-                          os.path.join(args.log_dir, SETTINGS_NAME), log=say)
+                          os.path.join(args.log_dir, SETTINGS_NAME), log=log.info)
         Search(args).run()

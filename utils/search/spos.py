@@ -7,11 +7,13 @@ measure top-1 on a fixed validation subset in eval mode.
 
 "Fixed" means the same images in the same order for every candidate: both sets are drawn
 once (a seeded random subset, so every class is represented), decoded with the
-deterministic validation transform of `utils.data.loaders` (resize + centre crop, no
+deterministic validation transform of `utils.data.transforms` (resize + centre crop, no
 augmentation), and kept in memory as uint8 tensors - on the GPU when there is one. The
 reference used a different validation slice per candidate and augmented BN batches, which
-adds ranking noise. Inputs are prepared exactly as in training (`utils.data.loaders.prepare_batch`
-with the supernet's input format).
+adds ranking noise. Which data: the dataset registry (`dataset=`, utils.data.datasets;
+default imagefolder) gives both splits and the normalisation. Inputs are prepared exactly
+as in training (`utils.data.loaders.prepare_batch` with the supernet's input format and
+the dataset's mean/std).
 """
 from __future__ import annotations
 
@@ -24,30 +26,22 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from utils.cli.common import UserError
-from utils.data.loaders import (DEFAULT_INPUT_FORMAT, DEFAULT_RESIZE_MODE, SeededImageFolder,
-                        prepare_batch, reraise_worker_error, scan_image_folder)
+from utils.data.datasets import DatasetSpec, get_dataset
 from utils.data.identity import label_map
+from utils.data.index import DataIndex
+from utils.data.loaders import prepare_batch, reraise_worker_error
+from utils.data.transforms import DEFAULT_INPUT_FORMAT, DEFAULT_RESIZE_MODE
+from utils.dist import resolve_device
+from utils.errors import UserError
 from utils.spaces import SearchSpace
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown --device '{name}' (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no GPU is available")
-    return device
-
-
-def _preload(samples: list[tuple[str, int]], input_size: int, workers: int,
+def _preload(spec: DatasetSpec, index: DataIndex, input_size: int, workers: int,
              batch: int = 256, resize_mode: str = DEFAULT_RESIZE_MODE
              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode `samples` once with the validation transform: (uint8 [N,3,H,W], int64 [N])."""
-    ds = SeededImageFolder(samples, input_size, train=False, resize_mode=resize_mode)
+    """Decode `index`'s samples once with the validation transform: (uint8 [N,3,H,W],
+    int64 [N])."""
+    ds = spec.images(index, input_size, False, resize_mode=resize_mode)
     loader = DataLoader(ds, batch_size=batch, shuffle=False, num_workers=max(0, workers))
     images, labels = [], []
     try:
@@ -70,21 +64,24 @@ class SposScorer:
                  device: str | torch.device = "auto", seed: int = 0, workers: int = 4,
                  input_format: str | None = None, log: Callable[[str], None] = print,
                  class_names: Sequence[str] | None = None, resize_mode: str | None = None,
-                 source: str = "the supernet"):
+                 source: str = "the supernet", dataset: str | DatasetSpec | None = None):
         """`class_names`: the supernet's (its checkpoint's "classes"): class folders are
         then matched to its outputs by name; without them the folders must number exactly
-        its outputs. `resize_mode`: the supernet's --resize-mode (default antialias)."""
+        its outputs. `resize_mode`: the supernet's --resize-mode (default antialias).
+        `dataset`: what `train_dir` / `test_dir` hold (a registered name or a DatasetSpec;
+        None: imagefolder): their train and val splits, and the normalisation."""
         if bn_batches < 1 or batch_size < 1 or val_images < 1:
             raise UserError("--bn-batches, --batch-size and --val-images must be at least 1")
         self.space = space
         self.device = resolve_device(device) if isinstance(device, str) else device
+        self.dataset = get_dataset(dataset)
         self.input_format = input_format or DEFAULT_INPUT_FORMAT
         self.batch_size = batch_size
         self.resize_mode = resize_mode or DEFAULT_RESIZE_MODE
         cfg = space.config
 
-        train = scan_image_folder(train_dir, "--train_dir")
-        val = scan_image_folder(test_dir, "--test_dir")
+        train = self.dataset.index(train_dir, "train", "--train_dir")
+        val = self.dataset.index(test_dir, "val", "--test_dir")
         # Label = the supernet's output of the class: matched by name when it records its
         # class names, else the class's index in the TRAINING folder (which must then
         # have exactly as many classes as the supernet has outputs).
@@ -114,10 +111,10 @@ class SposScorer:
         self.val_images = len(vpick)
 
         t0 = time.perf_counter()
-        x, y = _preload([train.samples[i] for i in pick], cfg.input_size, workers,
-                        resize_mode=self.resize_mode)
-        vx, vy = _preload([val_samples[i] for i in vpick], cfg.input_size, workers,
-                          resize_mode=self.resize_mode)
+        x, y = _preload(self.dataset, train.with_samples([train.samples[i] for i in pick]),
+                        cfg.input_size, workers, resize_mode=self.resize_mode)
+        vx, vy = _preload(self.dataset, val.with_samples([val_samples[i] for i in vpick]),
+                          cfg.input_size, workers, resize_mode=self.resize_mode)
         self.preload_seconds = time.perf_counter() - t0
         self.train_images, self.train_labels = self._to_device(x), y
         self.val_x, self.val_y = self._to_device(vx), self._to_device(vy)
@@ -157,7 +154,7 @@ class SposScorer:
             if n_batches is not None and (k >= n_batches or n - lo < 2):
                 return  # train-mode BN cannot normalise a batch of one 1x1 map
             yield prepare_batch((x[lo:lo + self.batch_size], y[lo:lo + self.batch_size]),
-                                self.device, self.input_format)
+                                self.device, self.input_format, dataset=self.dataset)
 
     @torch.no_grad()
     def score_one(self, arch: Sequence[int]) -> float:

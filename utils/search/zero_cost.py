@@ -25,6 +25,8 @@ requires_grad flags are left as they were.
 
     PROXIES: name -> function(net, images, labels) -> float
     score_network(name, net, images, labels) -> float
+    fixed_batch(train_dir, cfg, size, seed) -> (images, labels): the seeded batch they use
+    init_subnet(space, arch, seed): the standalone subnet at its seeded initialisation
 """
 from __future__ import annotations
 
@@ -122,4 +124,42 @@ def score_network(name: str, net: nn.Module, images: torch.Tensor,
     return PROXIES[name](net, images, labels)
 
 
-__all__ = ["PROXIES", "score_network", "synflow", "naswot", "grad_norm", "snip"]
+def init_subnet(space, arch, seed: int) -> nn.Module:
+    """The standalone subnet of `arch` at the initialisation `seed` gives (no dropout)."""
+    torch.manual_seed(seed)
+    return space.subnet(tuple(int(a) for a in arch), dropout=0.0)
+
+
+def fixed_batch(train_dir: str, cfg, size: int, seed: int, *, class_names=None,
+                source: str = "the supernet", input_format: str | None = None,
+                device: torch.device | str = "cpu", dataset=None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`size` training images picked with `seed` (as the ranking study picks them),
+    decoded with the validation transform and prepared as in training: (input, labels).
+
+    `dataset`: what `train_dir` holds (utils.data.datasets; None: imagefolder). Labels
+    are the network's outputs of the classes (matched by `class_names` when given, else
+    there must be exactly cfg.classes of them): one-line UserError if not."""
+    import numpy as np
+
+    from utils.data.datasets import get_dataset
+    from utils.data.identity import label_map
+    from utils.data.loaders import prepare_batch
+    from utils.data.transforms import DEFAULT_INPUT_FORMAT
+    spec = get_dataset(dataset)
+    index = spec.index(train_dir, "train", "--train_dir")
+    mapping = label_map(index.classes, class_names, cfg.classes, "--train_dir", source)
+    rng = np.random.default_rng([seed, 7])
+    pick = rng.choice(len(index.samples), size=min(size, len(index.samples)), replace=False)
+    samples = [index.samples[i] for i in pick]
+    if mapping is not None:
+        samples = [(key, mapping[y]) for key, y in samples]
+    ds = spec.images(index.with_samples(samples), cfg.input_size, False)
+    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    labels = torch.tensor([ds[i][1] for i in range(len(ds))])
+    return prepare_batch((images, labels), torch.device(device),
+                         input_format or DEFAULT_INPUT_FORMAT, dataset=spec)
+
+
+__all__ = ["PROXIES", "score_network", "synflow", "naswot", "grad_norm", "snip",
+           "init_subnet", "fixed_batch"]

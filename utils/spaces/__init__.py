@@ -1,39 +1,60 @@
-"""Search spaces: `get_space(config)` returns the space object that builds networks.
+"""Search spaces: the `SPACES` registry of space classes and the builders over it.
 
-    space = get_space(make_config("mobilenet", input_size=32, classes=10))
+    space = create_space(make_config("mobilenet", input_size=32, classes=10))
     arch = space.parse("3 -1 0 4 0 -1 -1 0 4 -1 4 4 1 4 2 0 0 4 0 2 2")
     net = space.subnet(arch)
+
+A space is one class registered with `@SPACES.register` (the built-ins in mobilenet.py
+and shufflenet.py, a user's in a `--plugin` file); every fact about it (published
+architecture, FLOPs limit and setting, default skips, original checkpoints) is on the
+class, read with `SPACES.get(name)`.
 """
 from __future__ import annotations
 
-from .base import (SKIP, ArchError, ConfigError, LayerSpec, SearchSpace, SpaceConfig, Subnet,
-                   Supernet, path_state_dict)
-from .mobilenet import MobileNetSpace
-from .shufflenet import ShuffleNetSpace
+from utils.registry import Registry
 
-SPACES: dict[str, type[SearchSpace]] = {s.name: s for s in (MobileNetSpace, ShuffleNetSpace)}
+from .base import (DEFAULT_SPACE, IMAGENET, SKIP, ArchError, ConfigError, LayerSpec,
+                   SearchSpace, SpaceConfig, Subnet, Supernet, column_ops, op_columns,
+                   path_state_dict)
 
-# The ImageNet setting each space is published at.
-IMAGENET = dict(input_size=224, width_mult=1.0, classes=1000, stem_stride=2)
+SPACES: Registry[type[SearchSpace]] = Registry("search space")
+
+# The built-in spaces register themselves on import (after SPACES exists).
+from .mobilenet import MobileNetSpace  # noqa: E402,F401
+from .shufflenet import ShuffleNetSpace  # noqa: E402,F401
 
 
-def make_config(space: str = "mobilenet", fixed_skips=None, **kwargs) -> SpaceConfig:
+def _space_class(name: str) -> type[SearchSpace]:
+    # ConfigError (a ValueError), as a config's other faults: callers catch that.
+    if name not in SPACES:
+        raise ConfigError(f"unknown search space '{name}' (choose from "
+                          f"{', '.join(SPACES.names())})")
+    return SPACES.get(name)
+
+
+def make_config(space: str = DEFAULT_SPACE, fixed_skips=None, **kwargs) -> SpaceConfig:
     """A SpaceConfig with the space's default forced skips unless `fixed_skips` is given."""
-    if space not in SPACES:
-        raise ConfigError(f"unknown search space '{space}' (choose from {', '.join(SPACES)})")
+    cls = _space_class(space)
     if fixed_skips is None:
-        fixed_skips = SPACES[space].default_fixed_skips
+        fixed_skips = cls.default_fixed_skips
     return SpaceConfig(space=space, fixed_skips=tuple(int(i) for i in fixed_skips), **kwargs)
 
 
-def get_space(config: SpaceConfig | dict | str) -> SearchSpace:
+def imagenet_config(space: str = DEFAULT_SPACE, **kwargs) -> SpaceConfig:
+    """The config of the setting `space` is published at (its class's `imagenet`)."""
+    return make_config(space, **{**_space_class(space).imagenet, **kwargs})
+
+
+def create_space(config: SpaceConfig | dict | str) -> SearchSpace:
+    """The space object of `config` (a SpaceConfig, its dict, or a space name: defaults)."""
     if isinstance(config, str):
         config = make_config(config)
     elif isinstance(config, dict):
         config = SpaceConfig.from_dict(config)
-    if config.space not in SPACES:
-        raise ConfigError(f"unknown search space '{config.space}' (choose from {', '.join(SPACES)})")
-    return SPACES[config.space](config)
+    return _space_class(config.space)(config)
+
+
+get_space = create_space  # the older name, used throughout
 
 
 def parse_skips(text: str | None):
@@ -49,6 +70,7 @@ def parse_skips(text: str | None):
         raise ConfigError(f"--fixed-skips must be layer indices like '1,5,6,9', got '{text}'") from None
 
 
-__all__ = ["SKIP", "ArchError", "ConfigError", "LayerSpec", "SearchSpace", "SpaceConfig",
-           "Subnet", "Supernet", "SPACES", "IMAGENET", "make_config", "get_space",
-           "parse_skips", "path_state_dict"]
+__all__ = ["SKIP", "DEFAULT_SPACE", "ArchError", "ConfigError", "LayerSpec", "SearchSpace",
+           "SpaceConfig", "Subnet", "Supernet", "SPACES", "IMAGENET", "make_config",
+           "imagenet_config", "create_space", "get_space", "parse_skips", "path_state_dict",
+           "op_columns", "column_ops"]

@@ -1,8 +1,11 @@
 """What every search space shares: its config, the layer plan, the architecture codec,
 and the generic supernet / subnet containers.
 
-A space subclass only says how to build its stem, its candidate ops and its head;
+A space subclass only says how to build its stem, its candidate ops and its head, and
+states its facts as class attributes (published architecture, limit and setting);
 parsing, validation, sampling, the supernet forward and weight inheritance live here.
+Matrices over a space's choices (FLOPs tables, indicator scores, allowed masks) are
+layers x (ops + 1) with the skip in the last column: `op_columns` / `column_ops` map.
 """
 from __future__ import annotations
 
@@ -16,10 +19,27 @@ import numpy as np
 import torch
 from torch import nn
 
-SKIP = -1
+from utils.errors import ArchError, ConfigError  # noqa: F401 (re-exported)
+
+SKIP = -1  # the op index of "skip this layer" (identity); the only definition
+DEFAULT_SPACE = "mobilenet"  # the published BN-NAS space: the default of --space and configs
+
+# The setting the papers publish their spaces at: `SearchSpace.imagenet`'s default (code
+# for any space reads its class's `imagenet`; a space published elsewhere overrides it).
+IMAGENET = dict(input_size=224, width_mult=1.0, classes=1000, stem_stride=2)
 
 
-from utils.errors import ArchError, ConfigError  # noqa: E402,F401 (re-exported)
+def op_columns(archs, n_cols: int) -> np.ndarray:
+    """Column indices of architectures' ops in a layers x (ops + 1) matrix whose last
+    column is the skip: op i -> column i, SKIP -> column n_cols - 1 (same shape)."""
+    a = np.asarray(archs, dtype=np.int64)
+    return np.where(a == SKIP, n_cols - 1, a)
+
+
+def column_ops(cols, n_cols: int) -> np.ndarray:
+    """The inverse of `op_columns`: column n_cols - 1 -> SKIP, any other column -> its op."""
+    c = np.asarray(cols, dtype=np.int64)
+    return np.where(c == n_cols - 1, SKIP, c)
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -39,7 +59,7 @@ def conv_out(size: int, stride: int) -> int:
 class SpaceConfig:
     """Everything that changes the network's shapes: two equal configs build equal nets."""
 
-    space: str = "mobilenet"
+    space: str = DEFAULT_SPACE
     input_size: int = 224
     width_mult: float = 1.0
     classes: int = 1000
@@ -156,10 +176,6 @@ class Supernet(nn.Module):
                 x = layer.ops[op](x)
         return self.head(x)
 
-    def path_modules(self, arch: Sequence[int]) -> list[nn.Module]:
-        """The candidate ops the path uses (what a training step can touch)."""
-        return [layer.ops[op] for layer, op in zip(self.layers, arch) if op != SKIP]
-
 
 class Subnet(nn.Module):
     """A standalone network for one architecture; skipped layers are nn.Identity.
@@ -200,12 +216,30 @@ def path_state_dict(supernet_state: dict, arch: Sequence[int]) -> dict:
 
 
 class SearchSpace:
-    """A layer plan plus op builders. Subclasses set the class attributes and builders."""
+    """A layer plan plus op builders. Subclasses set the class attributes and builders.
+
+    Every fact about a space lives on its class, so that a new space is one file with
+    one `@SPACES.register` class (docs/examples/toy_space.py): the code that needs a
+    published architecture, limit or setting reads `SPACES.get(name).<attribute>`.
+    """
 
     name: str = ""
     op_names: tuple[str, ...] = ()
     default_fixed_skips: tuple[int, ...] = ()
     default_dropout: float = 0.0  # dropout before the classifier when retraining
+    # The setting the space is published at (SpaceConfig fields but space, fixed_skips):
+    # the default of unset space flags, and where `published_limit_m` holds.
+    imagenet: dict = IMAGENET
+    # The architecture its paper reports ("3 -1 0 ..."): retraining's and the hub's
+    # default. None: there is none, an architecture must be given.
+    published_arch: str | None = None
+    # The FLOPs limit (millions) its paper searched under at `imagenet`; other configs
+    # get the limit at the same relative place in their FLOPs range (utils/flops/limits.py).
+    # None: no published limit, the default is a fixed place in the range.
+    published_limit_m: float | None = None
+    # Key prefixes that mark the original release's checkpoints of this space (empty:
+    # it has none); `reference_key` translates their key names (utils/checkpoints/original.py).
+    reference_prefixes: tuple[str, ...] = ()
 
     def __init__(self, config: SpaceConfig):
         if config.space != self.name:
@@ -251,6 +285,18 @@ class SearchSpace:
     def indicator_key(self, op: int) -> str:
         """Path, inside candidate op `op`, of the BN whose |gamma| scores it."""
         raise NotImplementedError
+
+    @classmethod
+    def reference_key(cls, key: str, layer_of: Sequence[int] | None) -> str | None:
+        """This project's name for key `key` of an original-release checkpoint (None: not
+        one of its keys). `layer_of[j]` is the layer of a retrained subnet's j-th non-skip
+        layer; None for a supernet. Only spaces with `reference_prefixes` provide it."""
+        return None
+
+    @classmethod
+    def reference_is_supernet(cls, keys: Iterable[str]) -> bool:
+        """Whether original-release keys `keys` are a supernet's (else a retrained subnet)."""
+        return False
 
     # ---- shared ---------------------------------------------------------------------
     @property
@@ -321,9 +367,16 @@ class SearchSpace:
         """Bool matrix layers x (num_ops + 1); the last column is the skip (-1) choice."""
         mask = np.zeros((self.num_layers, self.num_ops + 1), dtype=bool)
         for i in range(self.num_layers):
-            for op in self.allowed(i):
-                mask[i, op] = True  # op == -1 lands in the last column
+            mask[i, self.op_columns(self.allowed(i))] = True
         return mask
+
+    def op_columns(self, archs) -> np.ndarray:
+        """Columns of `archs`' ops in a layers x (num_ops + 1) matrix (skip: the last)."""
+        return op_columns(archs, self.num_ops + 1)
+
+    def column_ops(self, cols) -> np.ndarray:
+        """Ops of matrix columns `cols` (the last column: SKIP)."""
+        return column_ops(cols, self.num_ops + 1)
 
     # ---- builders -------------------------------------------------------------------
     def supernet(self, dropout: float = 0.0) -> Supernet:

@@ -22,7 +22,6 @@ def _tilted_pool(space: SearchSpace, table: FlopsTable, size: int, rng: np.rando
                  max_tilt: float) -> np.ndarray:
     """[size, layers] architectures (-1 = skip) drawn with a random cost tilt each."""
     mask = space.allowed_mask()
-    skip_col = mask.shape[1] - 1
     tilt = rng.uniform(-max_tilt, max_tilt, size=size)
     archs = np.empty((size, space.num_layers), dtype=np.int64)
     for i in range(space.num_layers):
@@ -32,8 +31,7 @@ def _tilted_pool(space: SearchSpace, table: FlopsTable, size: int, rng: np.rando
         c = (cost - cost.min()) / span if span > 0 else np.zeros_like(cost)
         logits = tilt[:, None] * c[None, :]
         pick = np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)  # Gumbel-max draw
-        col = cols[pick]
-        archs[:, i] = np.where(col == skip_col, -1, col)
+        archs[:, i] = space.column_ops(cols[pick])
     return archs
 
 

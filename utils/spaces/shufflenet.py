@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import SPACES
 from .base import ConvBNAct, Head, LayerSpec, SearchSpace, conv_out, make_divisible
 
 OPS = (3, 5, 7, "xception")
@@ -55,11 +56,14 @@ class ShuffleUnit(nn.Module):
         return torch.cat((passed, self.main(x)), 1)
 
 
+@SPACES.register
 class ShuffleNetSpace(SearchSpace):
     name = "shufflenet"
     op_names = ("shuffle3", "shuffle5", "shuffle7", "xception")
     default_fixed_skips = ()
     default_dropout = 0.1
+    published_arch = "2 1 0 1 2 0 2 0 2 0 2 3 0 0 0 0 3 2 3 3"  # SPOS
+    published_limit_m = 330.0  # docs/method.md, "Counting FLOPs and parameters"
 
     def _c(self, channels: int) -> int:
         return make_divisible(channels * self.config.width_mult)

@@ -96,7 +96,7 @@ class StudySettings:
     subnets_under: int = 15
     subnets_over: int = 15
     pilot_every: int = 3  # the pilot trains every third architecture (FLOPs order)
-    pilot_budgets: str = "250,750"  # iterations at --subnet-batch
+    pilot_budgets: str = "250,750,2000"  # iterations at --subnet-batch
     tau_target: float = 0.6
     subnet_iters: int | None = None  # None: chosen by the pilot
     subnet_batch: int = 128
@@ -302,7 +302,7 @@ def debian_available() -> bool:
 
 def prepare_data(s: StudySettings, opts: RunOptions, timing: Timing) -> dict:
     """{train, holdout, val, id, counts...}: the folders every stage reads."""
-    from utils.data.loaders import scan_image_folder
+    from utils.data.folder import scan_image_folder
     from utils.data.holdout import make_split
     t0 = time.perf_counter()
     if s.data:
@@ -582,7 +582,7 @@ def train_supernet(mode: str, s: StudySettings, data: dict, cfg, opts: RunOption
             files.write_json_atomic(_snapshot_record(snap, it), record_path)
         if spos_scoring is not None:
             spos_scoring(snap, it)
-    from utils.train.engine import metrics_path_for
+    from utils.train.meters import metrics_path_for
     summary = dict(name=name, mode=mode, key=key, snapshots=snaps, lr=lr,
                    batch=s.supernet_batch, flags=cmd[cmd.index("--device") + 2:],
                    curve=supernet_curve(metrics_path_for(live)),
@@ -669,7 +669,8 @@ def proxy_scores(s: StudySettings, data: dict, cfg, archs: np.ndarray,
     if old is not None and old.get("request") == want:
         return old
     import torch
-    from utils.data.loaders import SeededImageFolder, prepare_batch, scan_image_folder
+    from utils.data.folder import SeededImageFolder, scan_image_folder
+    from utils.data.loaders import prepare_batch
     from utils.spaces import get_space
     from utils.search.zero_cost import PROXIES
     torch.set_num_threads(opts.threads)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from utils.dist import DistEnv, all_reduce_sum
-from utils.train.engine import topk_correct
+from utils.train.meters import topk_correct
 
 
 @dataclass
@@ -53,7 +53,7 @@ def evaluate(model: nn.Module, loader: Iterable, env: DistEnv | None = None, *,
     loader    yields batches (images, labels, ...); each rank holds a disjoint shard.
     prepare   `(batch, device, channels_last) -> (input, labels)` on the device; default
               the loader's own `.prepare` (utils.data.loaders), else a plain float cast.
-    amp       an `utils.train.engine.Amp` (its autocast is used) or None.
+    amp       an `utils.train.amp.Amp` (its autocast is used) or None.
     progress  optional wrapper of the loader (a progress bar).
     Call it on every rank (it all-reduces), also on a rank whose shard is empty.
     """

@@ -1,8 +1,10 @@
-"""One supernet training step, BN-NAS (indicator BNs only) or SPOS (--train-all).
+"""Stage 1's training pieces: one supernet step, BN-NAS (indicator BNs only) or SPOS
+(--train-all), and the task the shared loop (utils/train/loop.py) drives.
 
     path = sample_path(space, seed, it)          # same on every rank, resumable
     trainer = SupernetTrainer(space, net, env, train_all=False, ...)
     loss, correct = trainer.step(x, y, it)        # tensors on the device, no host sync
+    task = SupernetTask(trainer, loader, env, ...)   # batches, steps and checkpoints
 
 What "frozen" means here:
 * Frozen parameters have requires_grad=False, so autograd computes no weight gradient
@@ -22,15 +24,22 @@ saves its copy), as the reference did.
 """
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from utils.checkpoints import io as ckpt
 from utils.dist import DistEnv, average_gradients
-from utils.train.engine import Amp, LinearSchedule, TrainerState, param_groups_no_bn_decay
-from utils.spaces import SKIP, SearchSpace, Supernet
+from utils.spaces import SKIP, SearchSpace, SpaceConfig, Supernet
+from utils.train.amp import Amp
+from utils.train.config import SupernetConfig, saved_args
+from utils.train.loop import Task
+from utils.train.rng import rng_state
+from utils.train.schedule import LinearSchedule, param_groups_no_bn_decay
+from utils.train.state import TrainerState
 
 
 def sample_path(space: SearchSpace, seed: int, it: int) -> tuple[int, ...]:
@@ -129,3 +138,59 @@ class SupernetTrainer(TrainerState):
         with torch.no_grad():
             correct = logits.argmax(1).eq(y).sum()
         return loss.detach(), correct
+
+
+class SupernetTask(Task):
+    """Stage 1 for the loop: the sampler's batches, a supernet step, the checkpoint.
+
+    `identity` (class names and data fingerprint) goes into every checkpoint; `dump`, a
+    list, collects each step's sample indices (a test hook, --dump-dir)."""
+
+    def __init__(self, trainer: SupernetTrainer, loader, env: DistEnv, *,
+                 config: SupernetConfig, space_cfg: SpaceConfig, num_samples: int,
+                 identity: dict, channels_last: bool = False, dump: list | None = None):
+        self.trainer, self.net, self.loader, self.env = trainer, trainer.net, loader, env
+        self.config, self.space_cfg = config, space_cfg
+        self.num_samples, self.identity = num_samples, identity
+        self.channels_last, self.dump = channels_last, dump
+        self.epoch = 0
+
+    def batches(self, epoch: int, step0: int):
+        self.loader.set_epoch(epoch, step0)
+        self.epoch = epoch
+        return self.loader
+
+    def step(self, batch, it: int):
+        x, y = self.loader.prepare(batch, device=self.env.device,
+                                   channels_last=self.channels_last)
+        if self.dump is not None:
+            spe = self.config.steps_per_epoch
+            self.dump.append(self.loader.sampler.batch_indices(self.epoch, it % spe))
+        return self.trainer.step(x, y, it)
+
+    def lr_at(self, it: int) -> float:
+        return self.trainer.schedule.lr_at(it)
+
+    def save(self, it: int, train_time: float, best: bool = False,
+             eval_pending: bool = False) -> None:
+        if not self.env.is_main:
+            return
+        c, spe = self.config, self.config.steps_per_epoch
+        state = dict(kind="supernet", config=self.space_cfg.to_dict(),
+                     state_dict=ckpt.clean_state_dict(self.net.state_dict()),
+                     train_all=c.train_all, trainable=c.trainable(), iter=it,
+                     epoch=it // spe, seed=c.seed, total_iters=c.total_iters,
+                     steps_per_epoch=spe, batch_size=c.batch_size,
+                     sampler=dict(seed=c.seed, epoch=it // spe, step=it % spe,
+                                  steps_per_epoch=spe, global_batch=c.batch_size,
+                                  num_samples=self.num_samples),
+                     rng=rng_state(), args=saved_args(c), finished=it >= c.total_iters,
+                     **self.trainer.state_dict(), train_time=train_time, **self.identity)
+        ckpt.save_atomic(state, c.checkpoint)
+
+    def loop_ended(self, it: int) -> None:
+        if self.dump is None:
+            return
+        os.makedirs(self.config.dump_dir, exist_ok=True)
+        torch.save(dict(indices=self.dump, state_dict=self.net.state_dict(), iter=it),
+                    os.path.join(self.config.dump_dir, f"rank{self.env.rank}.pt"))

@@ -14,9 +14,11 @@ import torch
 from PIL import Image
 
 from conftest import run_env
-from utils.data.loaders import (IMAGENET_MEAN, IMAGENET_STD, SeededImageFolder, _sample_seed,
-                        build_train_loader, decode_rgb, jpeg_reduction, prepare_batch,
-                        random_resized_crop_params, val_resize_size)
+from utils.data.folder import SeededImageFolder, decode_rgb
+from utils.data.loaders import build_train_loader, prepare_batch
+from utils.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, jpeg_reduction,
+                                   random_resized_crop_params, sample_seed as _sample_seed,
+                                   val_resize_size)
 from utils.dist import DistEnv
 
 
@@ -141,7 +143,7 @@ def test_prepare_applies_lighting_then_normalisation():
     img = torch.randint(0, 256, (3, 3, 5, 4), dtype=torch.uint8, generator=g)
     light = torch.randn(3, 3, generator=g) * 0.1
     y = torch.tensor([0, 1, 2])
-    # lit = floor(clip((x / 255 + offset) * 255)) (tests/test_data_fidelity.py checks it
+    # lit = floor(clip((x / 255 + offset) * 255)) (tests/unit/test_data_fidelity.py checks it
     # against the original's numpy code exactly)
     ref = ((img.float() / 255 + light.view(3, 3, 1, 1)) * 255).clamp(0, 255).floor()
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255

@@ -18,7 +18,7 @@ from search_helpers import search_table_dir  # noqa: F401 - a fixture, used by n
 from utils.plots.figures import generation_stats, pareto_front, plot_ranking, plot_search_log
 from utils.spaces import get_space
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SEARCH_PNGS = ["search_flops_vs_score.png", "search_generations.png",
                "search_indicator_heatmap.png"]
 

@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, run_env
+
+pytestmark = pytest.mark.slow  # repeated training runs in subprocesses
 
 SCRIPT = os.path.join(ROOT, "tools", "determinism_check.py")
 

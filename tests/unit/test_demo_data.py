@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # pytest puts tests/ on sys.path, not the repo root.
 sys.path.insert(0, str(REPO_ROOT))
 

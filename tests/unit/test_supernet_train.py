@@ -140,7 +140,7 @@ def test_steps_repeat_bit_identically():
 
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_global_batch_sampler_shards_are_disjoint_and_resume_skips_seen_steps(world):
-    from utils.data.loaders import GlobalBatchSampler
+    from utils.data.samplers import GlobalBatchSampler
     n, batch = 50, 12
     samplers = [GlobalBatchSampler(n, batch, r, world, seed=3) for r in range(world)]
     for epoch in range(2):
@@ -161,7 +161,7 @@ def test_global_batch_sampler_shards_are_disjoint_and_resume_skips_seen_steps(wo
 
 
 def test_shard_sampler_covers_exactly_once():
-    from utils.data.loaders import ShardSampler
+    from utils.data.samplers import ShardSampler
     for n, world in ((21, 2), (5, 4), (3, 8)):
         idx = [i for r in range(world) for i in ShardSampler(n, r, world)]
         assert sorted(idx) == list(range(n))
@@ -169,7 +169,7 @@ def test_shard_sampler_covers_exactly_once():
 
 def test_augmentation_depends_only_on_seed_epoch_and_index(tiny_data):
     import os
-    from utils.data.loaders import SeededImageFolder, scan_image_folder
+    from utils.data.folder import SeededImageFolder, scan_image_folder
     folder = scan_image_folder(os.path.join(tiny_data, "train"))
     ds = SeededImageFolder(folder.samples, 24, train=True, seed=5)
     a = ds[(3, 1)]
@@ -182,7 +182,8 @@ def test_augmentation_depends_only_on_seed_epoch_and_index(tiny_data):
 
 
 def test_prepare_batch_formats():
-    from utils.data.loaders import IMAGENET_MEAN, IMAGENET_STD, prepare_batch
+    from utils.data.loaders import prepare_batch
+    from utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     img = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
     y = torch.tensor([1, 2])
     light = torch.tensor([[0.01, -0.02, 0.03], [0.0, 0.0, 0.0]])
@@ -197,7 +198,8 @@ def test_prepare_batch_formats():
 
 
 def test_linear_schedule_and_topk():
-    from utils.train.engine import LinearSchedule, topk_correct
+    from utils.train.meters import topk_correct
+    from utils.train.schedule import LinearSchedule
     s = LinearSchedule(0.25, 5e-4, 100)
     assert s.lr_at(0) == 0.25 and abs(s.lr_at(100) - 5e-4) < 1e-12
     assert abs(s.lr_at(50) - (5e-4 + (0.25 - 5e-4) / 2)) < 1e-12
@@ -207,7 +209,7 @@ def test_linear_schedule_and_topk():
 
 def test_rng_state_round_trips_through_weights_only_load(tmp_path):
     import random
-    from utils.train.engine import rng_state, seed_everything, set_rng_state
+    from utils.train.rng import rng_state, seed_everything, set_rng_state
     seed_everything(3)
     path = tmp_path / "rng.pt"
     torch.save(rng_state(), path)
@@ -221,7 +223,7 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
 def test_folder_index_matches_torchvision_imagefolder(tiny_data, tmp_path):
     import os
     from torchvision.datasets import ImageFolder
-    from utils.data.loaders import scan_image_folder
+    from utils.data.folder import scan_image_folder
     root = os.path.join(tiny_data, "train")
     ours, theirs = scan_image_folder(root), ImageFolder(root)
     assert ours.classes == theirs.classes and ours.class_to_idx == theirs.class_to_idx

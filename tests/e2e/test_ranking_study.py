@@ -28,7 +28,9 @@ from utils.study.ranking import (RunOptions, StudySettings, StudyStopped, budget
 from utils.flops.limits import cost_range, default_flops_limit
 from utils.spaces import get_space, make_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # the study in quick mode: minutes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

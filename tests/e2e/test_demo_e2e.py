@@ -9,9 +9,13 @@ import sys
 
 import torch
 
+import pytest
+
 from tests.conftest import ROOT, run_env
 from utils.flops.table import load_table
 from utils.spaces import SpaceConfig, get_space
+
+pytestmark = pytest.mark.slow  # the whole demo pipeline, several processes
 
 
 def _demo(out: str) -> subprocess.CompletedProcess:

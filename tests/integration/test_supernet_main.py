@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT, run_env
@@ -162,6 +163,7 @@ def _check_ranks(out: str) -> dict:
     return saved["state_dict"]
 
 
+@pytest.mark.slow
 def test_torchrun_and_legacy_launcher_two_gloo_processes(tiny_data, tmp_path):
     runs = {}
     for name, launcher in (("torchrun", ["torch.distributed.run"]),

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, run_env
 from utils.data import holdout as hs
-from utils.data.loaders import scan_image_folder
+from utils.data.folder import scan_image_folder
 
 SCRIPT = os.path.join(ROOT, "tools", "make_holdout_split.py")
 SIZES = (6, 7, 8, 9, 10)  # uneven classes: the --total remainder has to go somewhere

@@ -23,11 +23,14 @@ from PIL import Image
 
 from conftest import ROOT
 from utils.cli.common import UserError
-from utils.data.loaders import (CROP_RATIO, DEFAULT_RESIZE_MODE, PCA_EIGVAL, PCA_EIGVEC,
-                        PCA_EIGVEC_RGB, SeededImageFolder, _sample_seed, add_augment_args,
-                        add_data_args, augment_kwargs, build_train_loader, build_val_loader,
-                        jpeg_reduction, linear_resize, pca_lighting_offset, prepare_batch,
-                        random_resized_crop_params, reference_resize_size, val_resize_size)
+from utils.data.folder import SeededImageFolder
+from utils.data.loaders import (add_augment_args, add_data_args, augment_kwargs,
+                                build_train_loader, build_val_loader, prepare_batch)
+from utils.data.transforms import (CROP_RATIO, DEFAULT_RESIZE_MODE, PCA_EIGVAL, PCA_EIGVEC,
+                                   PCA_EIGVEC_RGB, jpeg_reduction, linear_resize,
+                                   pca_lighting_offset, random_resized_crop_params,
+                                   reference_resize_size, sample_seed as _sample_seed,
+                                   val_resize_size)
 from utils.dist import DistEnv
 
 CPU = torch.device("cpu")
@@ -341,7 +344,8 @@ def test_eval_of_an_original_checkpoint_defaults_to_its_resize():
     base = ["--eval", "--eval-resume", "x.pth.tar", "--test_dir", "val"]
 
     def settings(extra, loaded):
-        return script.eval_data_settings(script.parse_args(base + extra), loaded)
+        from utils.train.retrain_eval import eval_data_settings
+        return eval_data_settings(script.parse_args(base + extra), loaded)
 
     fmt, mode, note = settings([], reference)
     assert (fmt, mode) == ("bgr255", "linear") and "original" in note
@@ -359,16 +363,21 @@ def test_resuming_a_retrain_with_another_resize_mode_is_refused():
     cfg = make_config("mobilenet", input_size=32, width_mult=0.25, classes=4, stem_stride=1)
     arch = get_space(cfg).random_arch(np.random.default_rng(0))
     run = dict(seed=0, batch_size=16, total_iters=6, steps_per_epoch=3)
+    from dataclasses import replace
+    from utils.train.config import RetrainConfig
+    from utils.train.retrain_run import check_resume
     args = script.parse_args(["--train_dir", "t", "--test_dir", "v"])
-    log = script.RunLog(DistEnv(), None)
 
     def state(**saved):
         return dict(kind="subnet", config=cfg.to_dict(), arch=list(arch),
                     args=dict(decay_params="conv", **saved), **run)
 
+    def now(resize_mode):  # this run's settings, resolved
+        return replace(RetrainConfig.from_args(args), input_format="rgb",
+                       resize_mode=resize_mode, **run)
+
     # a checkpoint from before the flag: made with the antialiased resize
-    script.check_resume(state(), "c.pth.tar", cfg, arch, run, args, "rgb", log, "antialias")
+    check_resume(state(), "c.pth.tar", cfg, arch, now("antialias"))
     with pytest.raises(UserError, match="resize_mode: antialias vs linear"):
-        script.check_resume(state(), "c.pth.tar", cfg, arch, run, args, "rgb", log, "linear")
-    script.check_resume(state(resize_mode="linear"), "c.pth.tar", cfg, arch, run, args, "rgb",
-                        log, "linear")
+        check_resume(state(), "c.pth.tar", cfg, arch, now("linear"))
+    check_resume(state(resize_mode="linear"), "c.pth.tar", cfg, arch, now("linear"))

@@ -40,7 +40,6 @@ from conftest import ROOT, run_env
 # on the shared work folder, whose `work_env` gives them their own (`tables`).
 from search_helpers import _tables_env, save_supernet, search_table_dir, tiny_config  # noqa: F401
 from utils import files
-from utils.checkpoints import io as ckpt
 from utils.checkpoints.io import load, save_atomic
 from utils.files import FaultInjected, write_json_atomic
 from utils.cli.common import UserError
@@ -145,7 +144,7 @@ def work_env(_tables_env, tables, monkeypatch):
     fault injected unless the test asks, the fault hook's counts reset."""
     monkeypatch.setenv("BNNAS_TABLE_DIR", tables)
     monkeypatch.delenv("BNNAS_FAULT", raising=False)
-    ckpt._FAULT_COUNTS.clear()
+    files._FAULT_COUNTS.clear()  # (the fault hook lives in utils/files.py)
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +191,8 @@ def work(tmp_path_factory, tiny_data, tables):
         # malformed entry; a wrong FLOPs table in a folder given explicitly.
         from utils.flops.table import FlopsTable, load_table, table_path
         space = get_space(CFG_R)
-        arch = space.parse(script("retrain").published_arch("mobilenet"))
+        from utils.checkpoints.subnet import published_arch
+        arch = space.parse(published_arch("mobilenet"))
         flops = load_table(CFG_R).flops_of(arch)
         cand = dict(arch=list(arch), score=1.0, flops=flops, params=1, generation=0)
         write_json_atomic(dict(config=CFG_R.to_dict(), candidates=[cand], flops_limit=flops - 1,
@@ -688,6 +688,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_frozen_peer_stops_the_job_within_the_timeout_naming_it(tiny_data, tmp_path):
     """Two gloo processes (started as torch.distributed.launch does); rank 1 stops
     answering at iteration 1; rank 0 must give up after --dist-timeout (+ a short grace
@@ -753,7 +754,7 @@ def test_json_outputs_never_hold_nan_or_infinity(tmp_path):
     import numpy as np
 
     from utils.dist import DistEnv
-    from utils.train.engine import MetricsLogger
+    from utils.train.meters import MetricsLogger
 
     path = tmp_path / "result.json"
     write_json_atomic(dict(a=1.5, b=float("nan"), c=[float("inf"), np.float32(-np.inf)],
@@ -784,11 +785,11 @@ def test_eval_maps_a_subset_of_the_classes_by_name(work, capsys, monkeypatch):
         counts[name] = out
     # The subset holds class_1 and class_3: labelled 1 and 3 (the checkpoint's outputs),
     # not 0 and 1 as their position in the folder would say.
-    retrain = script("retrain")
-    ds_full = retrain.build_val_loader(work["val"], 32, 8, _cpu_env(), 0)
+    from utils.data.loaders import build_val_loader
+    ds_full = build_val_loader(work["val"], 32, 8, _cpu_env(), 0)
     assert ds_full.classes == ["class_0", "class_1", "class_2", "class_3"]
-    sub = retrain.build_val_loader(os.path.join(work["dir"], "data", "val_subset"), 32, 8,
-                                   _cpu_env(), 0, classes=4)
+    sub = build_val_loader(os.path.join(work["dir"], "data", "val_subset"), 32, 8,
+                           _cpu_env(), 0, classes=4)
     sub.relabel(label_map(sub.classes, ds_full.classes, 4, "--test_dir", "x"))
     assert sorted({y for _, y in sub.dataset.samples}) == [1, 3]
     assert "(" in counts["subset"] and "/10 correct)" in counts["subset"]

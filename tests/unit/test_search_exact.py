@@ -7,8 +7,8 @@ import pytest
 from utils.search.evolution import EASettings, Evolution
 from utils.search.exact import brute_force, solve
 from utils.flops.table import load_table
-from utils.flops.limits import PUBLISHED_LIMITS_M, cost_range, default_flops_limit
-from utils.spaces import IMAGENET, get_space, make_config
+from utils.flops.limits import cost_range, default_flops_limit
+from utils.spaces import IMAGENET, SPACES, get_space, make_config
 
 
 def random_problem(rng: np.random.Generator, integer_scores: bool = False):
@@ -75,7 +75,7 @@ def test_exact_equals_brute_force_on_small_spaces(with_params, integer_scores):
 def test_exact_at_least_ea_best_on_full_imagenet_spaces(space_name):
     cfg = make_config(space_name, **IMAGENET)
     space, table = get_space(cfg), load_table(cfg)
-    limit = PUBLISHED_LIMITS_M[space_name] * 1e6
+    limit = SPACES.get(space_name).published_limit_m * 1e6
     plo, phi = cost_range(space, table, "params")
     for seed in range(3):
         m = np.random.default_rng(seed).uniform(0.2, 1.0, (space.num_layers, space.num_ops + 1))

@@ -23,6 +23,8 @@ from utils.dist import DistEnv
 from utils.spaces import get_space, make_config
 from utils.train.evaluate import evaluate
 
+pytestmark = pytest.mark.slow  # two DDP processes
+
 
 SCRIPT = os.path.join(ROOT, "retrain", "train_from_scratch.py")
 CFG = make_config("mobilenet", input_size=32, width_mult=0.25, classes=4, stem_stride=1)
