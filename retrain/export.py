@@ -51,6 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="largest max-abs logit difference accepted (default: 1e-4)")
     p.add_argument("--opset", type=int_range(9, 30), default=OPSET,
                    help=f"ONNX opset (default: {OPSET})")
+    from utils.data.loaders import add_dataset_arg, add_val_crop_arg
+    add_dataset_arg(p, default=None,
+                    help="the dataset whose mean/std the card gives for rgb input (default: "
+                         "the checkpoint's, else imagefolder: ImageNet's)")
+    add_val_crop_arg(p, default=None)
     add_space_args(p, classes_default=None)
     unset_space_defaults(p)
     add_plugin_arg(p)
@@ -66,12 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     require_dependencies()
     check_out_dir(args.out)
     loaded = build_subnet(space=args.space, arch=args.model_id, checkpoint=args.checkpoint,
+                          dataset=args.dataset, crop_pct=args.val_crop_pct,
                           **{k: getattr(args, k) for k in CONFIG_KEYS})
     what = (f"{loaded.kind} checkpoint {loaded.checkpoint}" if loaded.checkpoint else
             "random init (no --checkpoint)")
+    from utils.train.retrain_outputs import data_note
     print(f"architecture: {loaded.space.format(loaded.arch)} ({loaded.arch_source})\n"
-          f"space: {loaded.config.describe()}\nweights: {what}; input {loaded.input_format}",
-          flush=True)
+          f"space: {loaded.config.describe()}\nweights: {what}; input {loaded.input_format}"
+          f"{data_note(loaded.dataset, loaded.crop_pct)}", flush=True)
     report = export_subnet(loaded, args.out, batch=args.batch, seed=args.seed,
                            atol=args.atol, opset=args.opset)
     card = report.card

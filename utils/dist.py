@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import os
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ import torch
 import torch.distributed as dist
 
 from utils.cli.common import UserError, finite_float, nonneg_int
+from utils.logs import get_logger
 
 # Collective timeout (seconds): --dist-timeout, else this environment variable, else the
 # backend's default. A frozen peer then stops the job after this long instead of torch's
@@ -232,8 +232,8 @@ def maybe_freeze(env: DistEnv, it: int) -> None:
         return
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, signal.SIG_DFL)
-    print(f"rank {env.rank}: {FREEZE_RANK_ENV}: freezing at iteration {it}", file=sys.stderr,
-          flush=True)
+    get_logger(__name__).warning(f"rank {env.rank}: {FREEZE_RANK_ENV}: freezing at "
+                                 f"iteration {it}", extra={"all_ranks": True})
     while True:
         time.sleep(3600)
 
@@ -403,8 +403,3 @@ __all__ = ["DistEnv", "add_launcher_args", "setup", "cleanup", "barrier", "all_r
            "collective_guard", "timeout_message", "maybe_freeze", "PeerTimeoutError",
            "DIST_TIMEOUT_ENV", "DEFAULT_TIMEOUT_S", "average_gradients", "broadcast_tensors",
            "all_gather_objects", "describe"]
-
-if __name__ == "__main__":  # pragma: no cover - a quick manual check of the launch env
-    e = setup()
-    print(describe(e), file=sys.stderr)
-    cleanup(e)

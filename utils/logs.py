@@ -5,8 +5,9 @@
     setup_logging(rank=env.rank, file="run/log.txt")   # once, in the stage script
     log.info("iteration %d loss %.4f", it, loss)
 
-Messages go to stdout as plain text ("%(message)s", what the scripts always printed); a
-log file, if given, gets the same lines with a timestamp. While a tqdm progress bar is
+Messages go out as plain text ("%(message)s", what the scripts always printed): info
+to stdout, warnings (notes about locks, stale temp files, rebuilt tables, resumes) to
+stderr. A log file, if given, gets the same lines with a timestamp. While a tqdm progress bar is
 on screen, lines are written above it instead of through it. Other ranks log nothing
 unless a record is marked `extra={"all_ranks": True}` (e.g. a rank naming its own error).
 """
@@ -47,6 +48,7 @@ class _BarAwareHandler(logging.StreamHandler):
     def __init__(self, stream=None):
         super().__init__(stream if stream is not None else sys.stdout)
         self._fixed = stream
+        self._fixed_err = stream  # a fixed stream takes every level (tests, notebooks)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -56,7 +58,10 @@ class _BarAwareHandler(logging.StreamHandler):
                 live = bool(getattr(tqdm, "_instances", None))
             except ImportError:
                 live = False
-            stream = self._fixed if self._fixed is not None else sys.stdout
+            if self._fixed is not None:
+                stream = self._fixed
+            else:
+                stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
             if live:
                 tqdm.write(msg, file=stream)
             else:

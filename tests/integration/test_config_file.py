@@ -296,9 +296,9 @@ def test_demo_configs_are_the_demos_settings():
         ["--checkpoint", "supernet/checkpoint.pth.tar", "--log-dir", "search", "--seed", "0"]))
     rt = parse["retrain"](cfg("demo_retrain.yaml"))
     assert (rt.batch_size, rt.learning_rate, rt.epochs, rt.min_scale, rt.lighting,
-            rt.dropout, rt.workers, rt.report_freq, rt.seed, rt.save) == \
+            rt.dropout, rt.workers, rt.report_freq, rt.seed, rt.save, rt.val_crop_pct) == \
         (full["retrain_batch"], full["retrain_lr"], full["retrain_epochs"],
-         full["min_scale"], 0.0, 0.0, 1, 20, 0, "demo")
+         full["min_scale"], 0.0, 0.0, 1, 20, 0, "demo", full["val_crop_pct"])
     assert (rt.arch_from, rt.train_dir, rt.test_dir) == ("search", "data/train", "data/val")
 
 

@@ -241,6 +241,62 @@ def test_spos_scoring_reads_the_dataset(small_slice, slice_tree):
     assert 0.0 <= mem.score_one(arch) <= 100.0
 
 
+# ---- the validation crop fraction --------------------------------------------------------
+
+def test_val_crop_pct_one_is_a_plain_resize_of_the_whole_image(small_slice):
+    from PIL import Image
+
+    from utils.data.transforms import (VAL_CROP_FRACTION, recorded_crop_pct, to_uint8_chw,
+                                       val_resize_size)
+    assert val_resize_size(16, 1.0) == 16 and val_resize_size(16) == 18
+    assert val_resize_size(224) == 256
+    whole = build_val_loader(small_slice, 16, 30, ENV, 0, dataset="fashion_mnist",
+                             crop_pct=1.0)
+    usual = build_val_loader(small_slice, 16, 30, ENV, 0, dataset="fashion_mnist")
+    x, _ = next(iter(whole))
+    rows = demo.load_slice(small_slice)["val_images"]
+    row = whole.dataset.samples[0][0]
+    want = to_uint8_chw(Image.fromarray(rows[row]).convert("RGB").resize((16, 16),
+                                                                         Image.BILINEAR))
+    assert torch.equal(x[0], want)  # the whole 28x28 image, resized to 16x16
+    # 0.875: shorter side 18, then the centre 16x16 of it
+    short = val_resize_size(16, VAL_CROP_FRACTION)
+    big = to_uint8_chw(Image.fromarray(rows[row]).convert("RGB").resize((short, short),
+                                                                        Image.BILINEAR))
+    got = next(iter(usual))[0][0]  # (the box is resized, not the whole: within 1 level)
+    assert (got.int() - big[:, 1:17, 1:17].int()).abs().max() <= 1
+    assert (got.int() - want.int()).abs().max() > 10
+    # old checkpoints (no record, or nonsense) validated at the default
+    assert recorded_crop_pct({}) == recorded_crop_pct(dict(val_crop_pct="x")) == 0.875
+    assert recorded_crop_pct(dict(val_crop_pct=1.0)) == 1.0
+    with pytest.raises(ValueError):
+        build_val_loader(small_slice, 16, 30, ENV, 0, dataset="fashion_mnist", crop_pct=1.5)
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "nan"])
+def test_bad_val_crop_pct_is_refused_while_parsing(value, capsys):
+    from utils.cli.argtypes import ArgumentParser
+    from utils.data.loaders import add_val_crop_arg
+    p = ArgumentParser()
+    add_val_crop_arg(p)
+    assert p.parse_args([]).val_crop_pct == 0.875
+    assert p.parse_args(["--crop-pct", "1"]).val_crop_pct == 1.0
+    with pytest.raises(SystemExit) as e:
+        p.parse_args(["--val-crop-pct", value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "argument --val-crop-pct" in err[0]
+
+
+def test_recorded_dataset_of_old_and_plugin_checkpoints():
+    from utils.data.datasets import recorded_dataset
+    assert recorded_dataset({}) == recorded_dataset(None) == "imagefolder"
+    assert recorded_dataset(dict(dataset="fashion_mnist")) == "fashion_mnist"
+    with pytest.raises(UserError, match="trained on --dataset toy, which is not registered"):
+        recorded_dataset(dict(dataset="toy"), "ck.pth.tar")
+    with pytest.raises(UserError, match=r"^--train_dir is required \(an ImageFolder"):
+        get_dataset("imagefolder").require_root(None, "--train_dir")
+
+
 # ---- a plug-in dataset ---------------------------------------------------------------------
 
 def test_a_plugin_dataset_is_a_choice_and_builds_a_loader(tmp_path, monkeypatch):

@@ -238,7 +238,8 @@ def test_the_stage_configs_mark_what_a_resume_must_keep():
     from utils.train.supernet_args import build_parser as supernet_parser, check_args
     base = SupernetConfig.from_args(check_args(supernet_parser().parse_args([])))
     sup = base
-    assert run_defining_fields(sup) == ("seed", "batch_size", "total_iters", "steps_per_epoch")
+    assert run_defining_fields(sup) == ("dataset", "seed", "batch_size", "total_iters",
+                                        "steps_per_epoch")
     assert resume_noted_fields(sup) == ("learning_rate", "min_lr", "momentum", "weight_decay",
                                         "grad_clip", "label_smooth", "amp")
     sup = base.resolved(steps_per_epoch=6)

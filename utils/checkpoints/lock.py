@@ -22,6 +22,9 @@ import sys
 import time
 
 from utils.errors import UserError
+from utils.logs import get_logger
+
+_log = get_logger(__name__)
 
 _HELD: set[str] = set()  # lock files this process holds (abs paths)
 
@@ -52,7 +55,7 @@ class OutputLock:
         self.path = os.path.abspath(path)
         self.what = what or path
         self.enabled = enabled
-        self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+        self.log = log or (lambda m: _log.warning(m, extra={"all_ranks": True}))
         self.held = False
         self.made: list[str] = []  # folders made for the lock, removed again when empty
 

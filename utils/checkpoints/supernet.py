@@ -30,6 +30,7 @@ class SupernetCheckpoint:
     info: dict = field(default_factory=dict)  # iter, epoch, seed when present
     classes: list[str] | None = None  # class names (output i = classes[i]) when recorded
     resize_mode: str | None = None  # the --resize-mode it was trained with, when recorded
+    dataset: str | None = None  # the --dataset it was trained on (ours; older: imagefolder)
 
 
 def _check_weights(cfg: SpaceConfig, state: dict, path: str) -> None:
@@ -98,5 +99,7 @@ def load_supernet(path: str) -> SupernetCheckpoint:
                         f"BN-NAS keys)")
     _check_weights(cfg, state, path)
     info = {k: ck[k] for k in ("iter", "epoch", "seed") if isinstance(ck.get(k), (int, float))}
+    dataset = ((args.get("dataset") if isinstance(args, dict) else None) or "imagefolder"
+               ) if kind == "supernet" else None
     return SupernetCheckpoint(path, cfg, state, train_all, reference, input_format, info,
-                              classes, resize_mode)
+                              classes, resize_mode, dataset)

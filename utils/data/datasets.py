@@ -2,6 +2,8 @@
 
     DATASETS = Registry("dataset")      # name -> DatasetSpec subclass
     get_dataset(name_or_spec) -> DatasetSpec instance (unknown name: one-line UserError)
+    recorded_dataset(saved_args, path) -> the name a checkpoint's args record (older
+                                          checkpoints: imagefolder)
 
 A dataset (a `DatasetSpec` subclass, registered with `@DATASETS.register`) has
   name            the --dataset value
@@ -12,8 +14,8 @@ A dataset (a `DatasetSpec` subclass, registered with `@DATASETS.register`) has
   index(root, split, what) -> DataIndex      classes, (key, label) samples ("train" or
                                              "val" split; `what` names the flag in errors)
   images(index, input_size, train, **transform) -> SeededImages   the seeded pipeline
-and, built on those two, train_dataset(root, input_size, ...), val_dataset(root, ...)
-and count_classes(root). Each returned SeededImages has `.classes`, `.samples`,
+and, built on those two, train_dataset(root, input_size, ...), val_dataset(root, ...),
+count_classes(root) and require_root(root, what) (the one-line "is required" refusal). Each returned SeededImages has `.classes`, `.samples`,
 `.sample_names(root)` (identities for utils.data.identity fingerprints) and
 `.first_unreadable(rank, world)`. Every dataset runs the same augmentation
 (utils.data.transforms: random resized crop at the requested input size, flip, PCA
@@ -94,6 +96,12 @@ class DatasetSpec:
                            reduced_decode=reduced_decode, resize_mode=resize_mode,
                            crop_pct=crop_pct)
 
+    def require_root(self, root: str | None, what: str) -> None:
+        """Refuse a missing data root in one line that says what the root should be."""
+        if not root:
+            given = "" if self.name == DEFAULT_DATASET else f" with --dataset {self.name}"
+            raise UserError(f"{what} is required{given} ({self.root_help})")
+
     def count_classes(self, root: str | None, split: str = "train") -> int | None:
         """How many classes `root` holds, None when it cannot be read (the loader then
         says what is wrong)."""
@@ -120,6 +128,18 @@ def get_dataset(dataset: "str | DatasetSpec | type[DatasetSpec] | None" = None) 
     if not isinstance(dataset, DatasetSpec):
         raise UserError(f"not a dataset: {dataset!r}")
     return dataset
+
+
+def recorded_dataset(saved_args: dict | None, path: str = "the checkpoint") -> str:
+    """The --dataset a checkpoint's saved args record; checkpoints from before it was
+    recorded were trained on imagefolder. A name not registered in this process (a
+    plug-in's, its file not loaded) is a one-line UserError naming the way out."""
+    name = (saved_args or {}).get("dataset") or DEFAULT_DATASET
+    if name not in DATASETS:
+        raise UserError(f"{path} was trained on --dataset {name}, which is not registered "
+                        f"here (known: {', '.join(DATASETS.names())}): load the file that "
+                        f"defines it with --plugin, or give --dataset")
+    return name
 
 
 def _check_split(split: str) -> None:
@@ -174,9 +194,7 @@ class FashionMnistDataset(DatasetSpec):
     def index(self, root, split, what):
         _check_split(split)
         from utils.data import demo  # numpy + PIL only; the idx reader and the slice
-        if not root:
-            raise UserError(f"{what} is required with --dataset {self.name} "
-                            f"({self.root_help})")
+        self.require_root(root, what)
         try:
             if root == "slice" or str(root).endswith(".npz"):
                 path = demo.SLICE_PATH if root == "slice" else Path(root)
@@ -224,5 +242,6 @@ def dataset_names() -> list[str]:
 
 
 __all__ = ["DATASETS", "DEFAULT_DATASET", "DatasetSpec", "get_dataset", "dataset_names",
+           "recorded_dataset",
            "ImageFolderDataset", "FashionMnistDataset", "FASHION_MNIST_MEAN",
            "FASHION_MNIST_STD"]

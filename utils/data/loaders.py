@@ -29,7 +29,7 @@ Public API (stable; add, don't break):
         .first_unreadable(rank=0, world=1), .close() (stop the workers now; `with loader:`)
     build_val_loader(root, input_size, batch_size_per_rank, env, workers,
                      input_format="rgb", *, classes=None, reduced_decode=True,
-                     resize_mode="antialias", dataset=None) -> ValLoader
+                     resize_mode="antialias", dataset=None, crop_pct=0.875) -> ValLoader
         ValLoader: iter -> (uint8 images, int64 labels); .num_samples (whole set),
         .num_classes, .classes, .dataset, .spec, .input_format, .resize_mode,
         .relabel(mapping), .prepare(batch, device, channels_last), .first_unreadable(),
@@ -37,7 +37,10 @@ Public API (stable; add, don't break):
     prepare_batch(batch, device, input_format="rgb", channels_last=False, *, dataset=None)
         -> (float32 images on device, labels on device); rgb normalises with the
         dataset's mean/std (None = imagefolder's, ImageNet's)
-    add_data_args(parser)      # --dataset (choices: the registry; default imagefolder),
+    add_dataset_arg(parser, default="imagefolder", help=None)   # --dataset alone
+    add_val_crop_arg(parser, default=0.875)   # --val-crop-pct (0.1..1.0; None: resolved later)
+    add_data_args(parser, workers_default=None, dataset_default="imagefolder")
+                               # --dataset (choices: the registry; default imagefolder),
                                # --workers (default None = default_workers()),
                                # --input-format, --resize-mode (default None = antialias)
     add_augment_args(parser); augment_kwargs(args) -> build_train_loader keyword arguments
@@ -85,26 +88,44 @@ def default_workers(cap: int = 8) -> int:
     return max(1, min(cap, cpus // max(1, local_world)))
 
 
-def add_val_crop_arg(parser: argparse.ArgumentParser) -> None:
+def add_val_crop_arg(parser: argparse.ArgumentParser,
+                     default: float | None = VAL_CROP_FRACTION) -> None:
     """--val-crop-pct (timm's --crop-pct): the validation centre crop's fraction of the
-    resized image. 0.875 (224 of 256) is the ImageNet convention and the original's."""
-    from utils.cli.argtypes import finite_float
+    resized image. 0.875 (224 of 256) is the ImageNet convention and the original's.
+    `default=None`: the stage resolves it (a checkpoint's recorded value, else 0.875)."""
     lo, hi = VAL_CROP_RANGE
+    said = (f"default {VAL_CROP_FRACTION}" if default is not None else
+            f"default: the checkpoint's, else {VAL_CROP_FRACTION}")
     parser.add_argument("--val-crop-pct", "--val_crop_pct", "--crop-pct", dest="val_crop_pct",
-                        type=finite_float(lo, hi), default=VAL_CROP_FRACTION,
+                        type=finite_float(lo, hi), default=default,
                         help=f"validation: resize the shorter side to input-size / this, then "
-                             f"take the centre input-size square, {lo}..{hi} (default "
-                             f"{VAL_CROP_FRACTION}; 1.0 keeps small centred images whole)")
+                             f"take the centre input-size square, {lo}..{hi} ({said}; 1.0 "
+                             f"keeps small centred images whole)")
 
 
-def add_data_args(parser: argparse.ArgumentParser, workers_default: int | None = None) -> None:
+def add_dataset_arg(parser, default: str | None = DEFAULT_DATASET, help: str | None = None
+                    ) -> None:
+    """--dataset, its choices the registry's names when the parser is built (load plug-ins
+    first: utils.plugins.load_plugins_from_argv). `default=None`: the stage resolves it
+    (e.g. the dataset a checkpoint records)."""
+    parser.add_argument("--dataset", default=default, choices=DATASETS.names(),
+                        help=help or "what the data directories hold: imagefolder = "
+                                     "<root>/<class>/<image> (default); fashion_mnist = "
+                                     "'debian', 'slice' or a folder of its idx files (see "
+                                     "utils/data/datasets.py)")
+
+
+def add_data_args(parser: argparse.ArgumentParser, workers_default: int | None = None,
+                  dataset_default: str | None = DEFAULT_DATASET) -> None:
     """--dataset, --workers (None = `default_workers()`, resolved by the loader builders),
     --input-format and --resize-mode. --dataset's choices are the registry's names when
-    the parser is built: load plug-ins first (utils.plugins.load_plugins_from_argv)."""
-    parser.add_argument("--dataset", default=DEFAULT_DATASET, choices=DATASETS.names(),
-                        help="what the data directories hold: imagefolder = <root>/<class>/"
-                             "<image> (default); fashion_mnist = 'debian', 'slice' or a "
-                             "folder of its idx files (see utils/data/datasets.py)")
+    the parser is built: load plug-ins first (utils.plugins.load_plugins_from_argv).
+    `dataset_default=None`: the stage resolves it (see add_dataset_arg)."""
+    add_dataset_arg(parser, dataset_default, None if dataset_default is not None else (
+        "what the data directories hold: imagefolder = <root>/<class>/<image>; "
+        "fashion_mnist = 'debian', 'slice' or a folder of its idx files (see "
+        "utils/data/datasets.py); default: the checkpoint's when resuming or evaluating, "
+        "else imagefolder"))
     parser.add_argument("--workers", type=workers_int, default=workers_default,
                         help="data loader worker processes per process (default: the CPUs "
                              "available to it, at most 8)")
@@ -364,7 +385,8 @@ def build_val_loader(root: str, input_size: int, batch_size_per_rank: int, env,
                      crop_pct: float = VAL_CROP_FRACTION) -> ValLoader:
     """Validation loader over this rank's disjoint shard (no padding, no duplicates).
 
-    `dataset`: as build_train_loader; `root` names its validation split.
+    `dataset`: as build_train_loader; `root` names its validation split. `crop_pct`: the
+    centre crop's fraction of the resized image (utils.data.transforms.val_resize_size).
     `resize_mode`: "antialias" (resize the centre box with antialiased bilinear) or
     "linear" (the original's: OpenCV INTER_LINEAR resize of the whole image, then crop).
     """
@@ -438,6 +460,6 @@ def prepare_batch(batch, device: torch.device, input_format: str = DEFAULT_INPUT
     return x, labels.to(device, non_blocking=non_blocking)
 
 
-__all__ = ["add_data_args", "add_augment_args", "augment_kwargs", "default_workers",
+__all__ = ["add_data_args", "add_dataset_arg", "add_val_crop_arg", "add_augment_args", "augment_kwargs", "default_workers",
            "TrainLoader", "ValLoader", "build_train_loader", "build_val_loader",
            "prepare_batch", "reraise_worker_error", "BadImageError"]

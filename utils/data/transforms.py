@@ -22,9 +22,10 @@
 Public API: INPUT_FORMATS, DEFAULT_INPUT_FORMAT, RESIZE_MODES, DEFAULT_RESIZE_MODE,
 IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC (BGR rows, as the original stores it),
 PCA_EIGVEC_RGB (its rows reversed: the matrix applied), CROP_RATIO, VAL_CROP_FRACTION,
-pca_lighting_offset, val_resize_size, reference_resize_size, linear_resize, linear_val_crop,
-resized_crop, random_resized_crop_params, val_crop_box, jpeg_reduction, sample_seed,
-check_resize_mode, to_uint8_chw, SeededImages.
+VAL_CROP_RANGE, check_crop_pct, pca_lighting_offset, val_resize_size, recorded_crop_pct,
+reference_resize_size, linear_resize, linear_val_crop, resized_crop,
+random_resized_crop_params, val_crop_box, jpeg_reduction, sample_seed, check_resize_mode,
+to_uint8_chw, SeededImages.
 """
 from __future__ import annotations
 
@@ -79,6 +80,16 @@ def val_resize_size(input_size: int, crop_pct: float = VAL_CROP_FRACTION) -> int
     """Shorter side before the centre crop: 256 for 224 at the default 0.875; the input
     size itself at 1.0 (small centred images such as Fashion-MNIST lose nothing)."""
     return int(round(input_size / check_crop_pct(crop_pct)))
+
+
+def recorded_crop_pct(saved_args: dict | None) -> float:
+    """The validation crop fraction a checkpoint's saved args record (`val_crop_pct`);
+    checkpoints from before --val-crop-pct validated at VAL_CROP_FRACTION."""
+    value = (saved_args or {}).get("val_crop_pct")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return VAL_CROP_FRACTION
+    lo, hi = VAL_CROP_RANGE
+    return float(value) if lo <= value <= hi else VAL_CROP_FRACTION
 
 
 def reference_resize_size(width: int, height: int, short: int) -> tuple[int, int]:

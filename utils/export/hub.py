@@ -24,6 +24,8 @@ from typing import Any, Sequence
 from torch import nn
 
 from utils.cli.common import UserError
+from utils.data.datasets import DATASETS, DEFAULT_DATASET, get_dataset
+from utils.data.transforms import VAL_CROP_FRACTION, recorded_crop_pct
 from utils.spaces import SPACES, SearchSpace, SpaceConfig, Supernet, get_space, imagenet_config
 
 # Space config arguments the entries take (SpaceConfig fields but the space name).
@@ -42,8 +44,10 @@ class LoadedSubnet:
     arch: tuple[int, ...]
     config: SpaceConfig
     arch_source: str  # where the architecture came from
-    input_format: str = RGB  # rgb (ImageNet mean/std) or bgr255 (the original's)
+    input_format: str = RGB  # rgb (the dataset's mean/std) or bgr255 (the original's)
     resize_mode: str = "antialias"  # the validation resize the weights were measured with
+    dataset: str = "imagefolder"  # what it was trained on: rgb's mean/std are this dataset's
+    crop_pct: float = 0.875  # the validation centre crop fraction it was measured with
     class_names: list[str] | None = None  # output i = class_names[i], when recorded
     top1: float | None = None  # valid_acc_top1 of exactly these weights, when recorded
     checkpoint: str | None = None  # None: random init
@@ -161,6 +165,7 @@ def _top1_of_weights(raw: dict, kind: str) -> float | None:
 
 def build_subnet(space: str | None = None, arch: str | Sequence[int] | None = None,
                  checkpoint: str | None = None, dropout: float | None = None,
+                 dataset: str | None = None, crop_pct: float | None = None,
                  **config: Any) -> LoadedSubnet:
     """The subnet of `arch` (default: the checkpoint's, else the space's published one),
     with the checkpoint's weights when given (else PyTorch's default init), in eval mode.
@@ -168,11 +173,15 @@ def build_subnet(space: str | None = None, arch: str | Sequence[int] | None = No
     `space` defaults to the checkpoint's, else mobilenet (any registered space name);
     `config` takes input_size, width_mult, classes, stem_stride, fixed_skips (as the
     retrain script's flags; unset: the checkpoint's, else the space's published setting).
+    `dataset` (a registered name: its mean/std describe rgb input) and `crop_pct` (the
+    validation crop fraction) default to what the checkpoint records, else imagefolder
+    and 0.875 (also for the original's checkpoints).
     """
     from utils.checkpoints.subnet import (load_subnet_state, published_arch, read_subnet_checkpoint,
                                  resolve_config, subnet_state)
 
     request = config_request(space, config)
+    dataset, crop_pct = _data_request(dataset, crop_pct)
     loaded = read_subnet_checkpoint(checkpoint) if checkpoint is not None else None
     base = None
     if loaded is not None:
@@ -219,8 +228,31 @@ def build_subnet(space: str | None = None, arch: str | Sequence[int] | None = No
             out.input_format = saved_args.get("input_format") or RGB
             out.resize_mode = saved_args.get("resize_mode") or "antialias"
             out.class_names = _class_names(raw, cfg.classes)
+            if dataset is None:  # (a plug-in's name need not be registered to build it)
+                dataset = saved_args.get("dataset") or DEFAULT_DATASET
+            if crop_pct is None:
+                crop_pct = recorded_crop_pct(saved_args)
+    out.dataset = dataset or DEFAULT_DATASET
+    out.crop_pct = VAL_CROP_FRACTION if crop_pct is None else crop_pct
     net.eval()
     return out
+
+
+def _data_request(dataset: Any, crop_pct: Any) -> tuple[str | None, float | None]:
+    """The given dataset and crop fraction, checked (None: not given); one line if bad."""
+    from utils.data.transforms import VAL_CROP_RANGE
+    if dataset is not None:
+        if not isinstance(dataset, str):
+            raise UserError(f"dataset must be a name ({', '.join(DATASETS.names())}), got "
+                            f"{dataset!r}")
+        DATASETS.get(dataset)  # unknown: one line listing the choices
+    if crop_pct is not None:
+        value = _as_float("crop_pct", crop_pct)
+        lo, hi = VAL_CROP_RANGE
+        if not lo <= value <= hi:  # (nan fails too)
+            raise UserError(f"crop_pct must be in [{lo}, {hi}], got {crop_pct!r}")
+        crop_pct = value
+    return dataset, crop_pct
 
 
 def _load_supernet_state(net: nn.Module, state: dict, path: str) -> None:
@@ -261,14 +293,16 @@ def build_supernet(space: str | None = None, checkpoint: str | None = None,
     return out
 
 
-def describe_input(input_format: str) -> dict:
-    """How images must be prepared for the network (the card's `input` block)."""
-    from utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+def describe_input(input_format: str, dataset: str | None = None) -> dict:
+    """How images must be prepared for the network (the card's `input` block): rgb
+    normalises with `dataset`'s mean/std (None: imagefolder's, ImageNet's), as training
+    did (utils.data.loaders.prepare_batch)."""
     if input_format == BGR255:
         return dict(format=BGR255, channel_order="BGR", value_range=[0, 255],
                     mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0],
                     note="BGR channels, pixel values 0-255 as float, no normalisation "
                          "(the original release's convention)")
+    spec = get_dataset(dataset)
     return dict(format=RGB, channel_order="RGB", value_range=[0, 1],
-                mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
+                mean=list(spec.mean), std=list(spec.std),
                 note="RGB channels scaled to 0-1, then (x - mean) / std per channel")

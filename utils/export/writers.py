@@ -8,7 +8,8 @@ writes into the folder
     model.onnx    input "images" (N x 3 x S x S float32, N dynamic), output "logits" (N x C)
     model.ts.pt   TorchScript (traced), same input and output
     arch.json     the architecture card: space config, architecture, FLOPs and params (the
-                  lookup table of utils/flops/table.py), input size, format and normalisation,
+                  lookup table of utils/flops/table.py), input size, format and normalisation
+                  (the trained-on dataset's mean/std), validation resize and crop fraction,
                   class names, top-1 when recorded, source checkpoint, versions, and the
                   check below
 
@@ -190,6 +191,14 @@ def _versions() -> dict:
     return out
 
 
+def card_dataset(loaded: LoadedSubnet) -> str:
+    """The dataset whose mean/std the card gives; one the checkpoint records but this
+    process has not registered (a plug-in's, its file not loaded) is a one-line UserError."""
+    from utils.data.datasets import recorded_dataset
+    return recorded_dataset(dict(dataset=loaded.dataset),
+                            loaded.checkpoint or "the network")
+
+
 def architecture_card(loaded: LoadedSubnet, flops: int, params: int, diffs: dict,
                       batch: int, seed: int, atol: float, opset: int) -> dict:
     from utils.data.transforms import val_resize_size
@@ -211,8 +220,11 @@ def architecture_card(loaded: LoadedSubnet, flops: int, params: int, diffs: dict
         flops_note=(f"multiply-accumulates of one {size}x{size} image and parameter count, "
                     f"from the FLOPs lookup table (utils/flops/table.py)"),
         input=dict(name=INPUT_NAME, shape=["batch", 3, size, size], dtype="float32",
-                   layout="NCHW", input_size=size, **describe_input(loaded.input_format),
-                   resize_mode=loaded.resize_mode, resize_shorter_side=val_resize_size(size),
+                   layout="NCHW", input_size=size,
+                   **describe_input(loaded.input_format, card_dataset(loaded)),
+                   dataset=loaded.dataset, resize_mode=loaded.resize_mode,
+                   crop_pct=loaded.crop_pct,
+                   resize_shorter_side=val_resize_size(size, loaded.crop_pct),
                    center_crop=size),
         output=dict(name=OUTPUT_NAME, shape=["batch", cfg.classes],
                     note="unnormalised class scores (apply softmax for probabilities)"),
@@ -263,6 +275,7 @@ def export_subnet(loaded: LoadedSubnet, out_dir: str, *, batch: int = 4, seed: i
     from utils.flops.table import load_table
     require_dependencies()
     out_dir = check_out_dir(out_dir)
+    card_dataset(loaded)  # the card's normalisation needs it: refuse before any work
     net = loaded.net.cpu().float().eval()
     table = load_table(loaded.config)
     flops, params = table.flops_of(loaded.arch), table.params_of(loaded.arch)

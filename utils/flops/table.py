@@ -13,17 +13,19 @@ import hashlib
 import json
 import os
 import random
-import sys
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from utils.logs import get_logger
 from utils.spaces import SearchSpace, SpaceConfig, get_space, op_columns
 from utils.spaces.base import conv_out
 
 TABLE_VERSION = 1
+
+_log = get_logger(__name__)
 
 
 def committed_dir() -> str:
@@ -270,8 +272,8 @@ def load_table(config: SpaceConfig, directory: str | None = None, rebuild: bool 
                 table = _read(path, config)
             except TableError as e:
                 if role == "cache":
-                    print(f"note: rebuilding the FLOPs table {path}: {e}", file=sys.stderr,
-                          flush=True)
+                    _log.warning(f"note: rebuilding the FLOPs table {path}: {e}",
+                                 extra={"all_ranks": True})
                     break
                 fix = ("restore it (git checkout data/flops_tables or "
                        "utils/flops/get_flops_lookup_table.sh)" if role == "shipped" else

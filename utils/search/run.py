@@ -28,6 +28,7 @@ import torch
 from utils.search import indicator
 from utils.files import check_output_dir, clean_stale_temps
 from utils.cli.config_file import add_config_arg, write_settings
+from utils.data.loaders import add_dataset_arg
 from utils.cli.common import (POPULATION_MAX, ArgumentParser, UserError, batch_size_int, int_range,
                        nonneg_int, population_int, positive_int, probability, seed_int,
                        workers_int)
@@ -121,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--input-format", "--input_format", dest="input_format", default=None,
                    choices=["rgb", "bgr255"],
                    help="input convention (default: the one the supernet was trained with)")
+    add_dataset_arg(a, default=None,
+                    help="what --train_dir / --test_dir hold, also for the zero-cost proxies "
+                         "(default: the dataset the supernet was trained on, else "
+                         "imagefolder)")
     for _, cls in SCORERS.items():  # flags of the other scorers (plug-ins' too)
         cls.add_arguments(p)
     # Hidden: stop after a generation (resume tests); the legacy launcher's rank flag.

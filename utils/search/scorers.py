@@ -47,7 +47,8 @@ DEFAULT_SCORER = "indicator"
 class ScoreContext:
     """What a scorer may need: the space and its FLOPs table, the supernet (weights and
     checkpoint metadata), the search's settings (data folders, device, batch sizes: the
-    parsed flags of search/ea.py) and the BN indicator matrix when already computed."""
+    parsed flags of search/ea.py) and the BN indicator matrix when already computed.
+    `input_format` and `dataset` resolve a flag against what the supernet records."""
     space: Any
     table: Any
     state_dict: Mapping[str, torch.Tensor] | None = None
@@ -72,6 +73,20 @@ class ScoreContext:
         """--input-format, else the supernet's own, else rgb."""
         ck_format = getattr(self.checkpoint, "input_format", None)
         return getattr(self.args, "input_format", None) or ck_format or "rgb"
+
+    @property
+    def dataset(self) -> str | None:
+        """--dataset, else the one the supernet was trained on (its checkpoint's args),
+        else None (imagefolder). A recorded name not registered here (a plug-in not
+        loaded) is a one-line UserError."""
+        given = getattr(self.args, "dataset", None)
+        if given:
+            return given
+        recorded = getattr(self.checkpoint, "dataset", None)
+        if recorded is None:
+            return None
+        from utils.data.datasets import recorded_dataset
+        return recorded_dataset(dict(dataset=recorded), f"supernet {self.checkpoint_path}")
 
     @property
     def seed(self) -> int:
@@ -257,7 +272,7 @@ class AccuracyScorer(Scorer):
                    input_format=ctx.input_format)
         if getattr(ck, "resize_mode", None) not in (None, "antialias"):  # older logs: default
             sig["resize_mode"] = ck.resize_mode
-        _add_dataset(sig, a)
+        _add_dataset(sig, ctx.dataset)
         return sig
 
     def prepare(self, ctx: ScoreContext) -> None:
@@ -273,7 +288,7 @@ class AccuracyScorer(Scorer):
                                 log=log.info, class_names=getattr(ck, "classes", None),
                                 resize_mode=getattr(ck, "resize_mode", None),
                                 source=f"supernet {ctx.checkpoint_path}",
-                                dataset=getattr(a, "dataset", None))
+                                dataset=ctx.dataset)
 
     def score(self, archs) -> np.ndarray:
         return self._spos(archs)
@@ -285,9 +300,9 @@ class AccuracyScorer(Scorer):
         return f"top-1 {value:.2f}%"
 
 
-def _add_dataset(sig: dict, args: argparse.Namespace) -> None:
-    """A --dataset other than the default joins the signature (older logs have none)."""
-    dataset = getattr(args, "dataset", None)
+def _add_dataset(sig: dict, dataset: str | None) -> None:
+    """A dataset other than the default joins the signature (older logs have none, and
+    were scored on imagefolder: they still resume)."""
     if dataset not in (None, "imagefolder"):
         sig["dataset"] = dataset
 
@@ -368,7 +383,7 @@ class ZeroCostScorer(Scorer):
         a = ctx.args  # the weights play no part: every subnet starts from its init
         sig = dict(proxy=self.proxy, proxy_batch=a.proxy_batch,
                    train_dir=os.path.abspath(a.train_dir), input_format=ctx.input_format)
-        _add_dataset(sig, a)
+        _add_dataset(sig, ctx.dataset)
         return sig
 
     def prepare(self, ctx: ScoreContext) -> None:
@@ -384,7 +399,7 @@ class ZeroCostScorer(Scorer):
                                        class_names=getattr(ck, "classes", None),
                                        source=f"supernet {ctx.checkpoint_path}",
                                        input_format=ctx.input_format, device=self.device,
-                                       dataset=getattr(a, "dataset", None))
+                                       dataset=ctx.dataset)
         log.info(f"{self.proxy} scoring: a fixed batch of {len(self._y)} training images, "
                  f"subnets at the initialisation of seed {ctx.seed}, on {self.device} "
                  f"(decoded in {time.perf_counter() - t0:.1f}s)")

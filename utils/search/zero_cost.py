@@ -25,7 +25,8 @@ requires_grad flags are left as they were.
 
     PROXIES: name -> function(net, images, labels) -> float
     score_network(name, net, images, labels) -> float
-    fixed_batch(train_dir, cfg, size, seed) -> (images, labels): the seeded batch they use
+    fixed_batch(train_dir, cfg, size, seed, dataset=None) -> (images, labels): the seeded
+        batch they use (the dataset registry reads train_dir and normalises)
     init_subnet(space, arch, seed): the standalone subnet at its seeded initialisation
 """
 from __future__ import annotations

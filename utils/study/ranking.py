@@ -53,6 +53,8 @@ from utils.checkpoints import io as ckpt
 from utils.cli.common import REPO_ROOT, UserError
 
 VERSION = 2
+# Every stage of the study reads image folders (the PNG tree it writes, or --data).
+STUDY_DATASET = "imagefolder"
 STRATA = ("all", "under_limit")
 
 
@@ -647,7 +649,7 @@ class SposScoring:
                             device=opts.device, seed=s.seed, workers=0,
                             input_format=sn.input_format, log=lambda m: None,
                             class_names=sn.classes, resize_mode=sn.resize_mode,
-                            source=f"supernet {checkpoint}")
+                            source=f"supernet {checkpoint}", dataset=STUDY_DATASET)
         scores = [float(v) for v in scorer(self.archs)]
         sec = time.perf_counter() - t0
         self.timing.add("spos-scoring", sec)
@@ -669,19 +671,23 @@ def proxy_scores(s: StudySettings, data: dict, cfg, archs: np.ndarray,
     if old is not None and old.get("request") == want:
         return old
     import torch
-    from utils.data.folder import SeededImageFolder, scan_image_folder
+    from utils.data.datasets import get_dataset
     from utils.data.loaders import prepare_batch
     from utils.spaces import get_space
     from utils.search.zero_cost import PROXIES
     torch.set_num_threads(opts.threads)
-    index = scan_image_folder(data["train"], "train split")
+    # The study's data is an image folder (the PNG tree it writes, or --data): through
+    # the registry, the same images and ImageNet normalisation as its committed results.
+    spec = get_dataset(STUDY_DATASET)
+    index = spec.index(data["train"], "train", "train split")
     rng = np.random.default_rng([s.seed, 7])
     pick = rng.choice(len(index.samples), size=min(s.proxy_batch, len(index.samples)),
                       replace=False)
-    ds = SeededImageFolder([index.samples[i] for i in pick], cfg.input_size, train=False)
+    ds = spec.images(index.with_samples([index.samples[i] for i in pick]), cfg.input_size,
+                     False)
     images = torch.stack([ds[i][0] for i in range(len(ds))])
     labels = torch.tensor([ds[i][1] for i in range(len(ds))])
-    x, y = prepare_batch((images, labels), torch.device("cpu"))
+    x, y = prepare_batch((images, labels), torch.device("cpu"), dataset=spec)
     space = get_space(cfg)
     scores = {name: [] for name in PROXIES}
     seconds = {name: 0.0 for name in PROXIES}

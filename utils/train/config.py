@@ -24,6 +24,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from utils.data.datasets import DEFAULT_DATASET
 from utils.data.loaders import DEFAULT_RESIZE_MODE
 
 RUN_DEFINING = {"run_defining": True}
@@ -34,6 +35,11 @@ RESUME_NOTE = {"resume_note": True}
 _INPUT_FORMAT_MARK = {"run_defining": True, "saved_in": "args", "if_missing": None}
 _RESIZE_MODE_MARK = {"run_defining": True, "saved_in": "args",
                      "if_missing": DEFAULT_RESIZE_MODE}
+# Both stages: --dataset fixes the images and their normalisation, so a checkpoint of
+# another dataset is refused even with --allow-data-change (which is for images added to
+# or removed from the same dataset); checkpoints from before it was recorded are
+# imagefolder ones.
+_DATASET_MARK = {"run_defining": True, "saved_in": "args", "if_missing": DEFAULT_DATASET}
 
 
 def _flag(mark: dict | None = None):
@@ -71,6 +77,7 @@ class SupernetConfig(_FromArgs):
     checkpoint: str = _flag()
     allow_data_change: bool = _flag()
     # run-defining, in the order a refusal lists them
+    dataset: str = field(metadata=_DATASET_MARK)
     seed: int = _flag(RUN_DEFINING)
     batch_size: int = _flag(RUN_DEFINING)       # global
     total_iters: int | None = _flag(RUN_DEFINING)   # resolved(): iterations of the run
@@ -130,6 +137,8 @@ class RetrainConfig(_FromArgs):
     save: str | None = _flag()
     allow_data_change: bool = _flag()
     # run-defining, in the order a refusal lists them
+    # the flag, else the checkpoint's, else imagefolder (resolved by the stage)
+    dataset: str | None = field(metadata=_DATASET_MARK)
     seed: int = _flag(RUN_DEFINING)
     batch_size: int = _flag(RUN_DEFINING)       # global
     total_iters: int | None = _flag(RUN_DEFINING)   # resolved(): iterations of the run
@@ -145,6 +154,8 @@ class RetrainConfig(_FromArgs):
     label_smooth: float = _flag(RESUME_NOTE)
     amp: str = _flag(RESUME_NOTE)
     dropout: float | None = _flag(RESUME_NOTE)   # None: the space's (resolved by the stage)
+    # validation only (not run-defining): the flag, else the checkpoint's, else 0.875
+    val_crop_pct: float | None = _flag(RESUME_NOTE)
     decay_params: str = _flag()
     epochs: int = _flag()
     # loop
@@ -174,8 +185,9 @@ class RetrainConfig(_FromArgs):
     args: argparse.Namespace | None = field(default=None, repr=False, compare=False)
 
     def resolve(self, **values: Any) -> None:
-        """Fill in settings the stage resolves (resize_mode, dropout), in the flags too:
-        the checkpoint's args and the written settings record the resolved value."""
+        """Fill in settings the stage resolves (dataset, resize_mode, val_crop_pct,
+        dropout), in the flags too: the checkpoint's args and the written settings record
+        the resolved value."""
         for name, value in values.items():
             setattr(self, name, value)
             if self.args is not None:

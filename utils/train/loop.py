@@ -20,7 +20,6 @@ does the rest the same way for both:
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -38,7 +37,7 @@ log = get_logger(__name__)
 def note(msg: str) -> None:
     """A note on stderr (locks, stale temp files, resume notes), where the stages have
     always written them; callers decide which rank speaks."""
-    print(msg, file=sys.stderr, flush=True)
+    log.warning(msg, extra={"all_ranks": True})
 
 
 @dataclass

@@ -2,25 +2,15 @@
 
     arch, space_cfg, source = choose_arch(config, data_classes, loaded=None)
     describe_arch(space, arch, space_cfg, source) -> three lines for the log
-    count_class_dirs(root) -> class folders of an ImageFolder (None: let the loader say)
     class_names_of(loaded) -> the class names a checkpoint of ours records
 """
 from __future__ import annotations
-
-import os
 
 from utils.checkpoints.subnet import (SubnetCheckpoint, arch_from_log, published_arch,
                                       resolve_config)
 from utils.errors import UserError
 from utils.flops.table import load_table
 from utils.spaces import SpaceConfig, get_space
-
-
-def count_class_dirs(root: str | None) -> int | None:
-    if not root or not os.path.isdir(root):
-        return None  # the data loader reports what is wrong with it
-    n = sum(1 for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    return n or None
 
 
 def choose_arch(config, data_classes: int | None, loaded: SubnetCheckpoint | None = None
@@ -77,4 +67,4 @@ def class_names_of(loaded: SubnetCheckpoint) -> list[str] | None:
         isinstance(c, str) for c in names) else None
 
 
-__all__ = ["count_class_dirs", "choose_arch", "describe_arch", "class_names_of"]
+__all__ = ["choose_arch", "describe_arch", "class_names_of"]

@@ -12,7 +12,7 @@ from utils.cli.common import (ArgumentParser, UserError, add_space_args, batch_s
                               fraction, momentum_float, nonneg_float, nonneg_int, positive_int,
                               seed_int)
 from utils.cli.config_file import add_config_arg
-from utils.data.loaders import add_augment_args, add_data_args
+from utils.data.loaders import add_augment_args, add_data_args, add_val_crop_arg
 from utils.dist import add_launcher_args
 from utils.plugins import add_plugin_arg
 from utils.train.amp import add_amp_args
@@ -23,13 +23,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Retrain a BN-NAS subnet from scratch (or evaluate one with --eval).",
         epilog="Space flags not given come from the search log (--arch-from) or the evaluated "
                "checkpoint, else the ImageNet defaults; --classes then defaults to the number "
-               "of class folders of the data. When resuming or evaluating, --input-format "
-               "and --resize-mode default to the checkpoint's (bgr255 and linear, the "
-               "original's OpenCV resize, for the reference's checkpoints).")
+               "of class folders of the data. When resuming or evaluating, --dataset, "
+               "--input-format, --resize-mode and --val-crop-pct default to the "
+               "checkpoint's (bgr255 and linear, the original's OpenCV resize, for the "
+               "reference's checkpoints).")
     p.add_argument("--train_dir", "--train-dir", dest="train_dir", default=None,
-                   help="ImageFolder training set (<dir>/<class>/<image>)")
+                   help="training set: an ImageFolder (<dir>/<class>/<image>), or the root "
+                        "--dataset takes")
     p.add_argument("--test_dir", "--test-dir", dest="test_dir", default=None,
-                   help="ImageFolder validation set")
+                   help="validation set (--dataset's validation split of this root)")
     p.add_argument("--model_id", "--model-id", dest="model_id", default=None,
                    help='architecture, e.g. "3 -1 0 4 ..." (-1 = skip); default: the '
                         "published one of the space (BN-NAS for mobilenet)")
@@ -63,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-data-change", "--allow_data_change", dest="allow_data_change",
                    action="store_true",
                    help="resume although --train_dir is not the data the checkpoint was "
-                        "trained on (images added or removed; the class names must match)")
+                        "trained on (images added or removed; the class names and "
+                        "--dataset must match)")
     p.add_argument("--seed", type=seed_int, default=0,
                    help="seeds init, data order, augmentation, dropout (default: 0)")
     p.add_argument("--grad_clip", "--grad-clip", dest="grad_clip", type=nonneg_float,
@@ -93,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "one (needs --model_id) (default: eval-NAME/best.pth.tar)")
     p.add_argument("--device", default="auto",
                    help="auto, cpu, cuda (one GPU per process) (default: auto)")
-    add_data_args(p)
+    add_data_args(p, dataset_default=None)
+    add_val_crop_arg(p, default=None)
     add_augment_args(p)
     add_amp_args(p)
     add_space_args(p, classes_default=None)

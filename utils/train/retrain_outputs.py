@@ -5,6 +5,8 @@ result.json consistent with checkpoint.pth.tar.
     reconcile_best(state, ckpt_path, best_path) -> the best (top1, top5, iters) to go on with
     result_record(...) / fix_result(...)   # what result.json holds; repair a finished run's
     report_finished(state, path, best)     # the line of a run that is already finished
+    data_settings(args) -> {dataset, val_crop_pct}   # recorded in result.json / eval.json
+    data_note(dataset, crop_pct) -> "" or "; dataset X; val crop Y" for the log
 """
 from __future__ import annotations
 
@@ -82,13 +84,34 @@ def reconcile_best(state: dict, ckpt_path: str, best_path: str) -> dict:
     return dict(top1=-1.0, top5=0.0, iters=0)
 
 
+def data_settings(args) -> dict:
+    """Which data validation measured: the dataset and the validation crop fraction (from
+    resolved flags, or a checkpoint's saved args: older ones mean imagefolder, 0.875)."""
+    from utils.data.datasets import DEFAULT_DATASET
+    from utils.data.transforms import recorded_crop_pct
+    saved = args if isinstance(args, dict) else vars(args or {})
+    return dict(dataset=saved.get("dataset") or DEFAULT_DATASET,
+                val_crop_pct=recorded_crop_pct(saved))
+
+
+def data_note(dataset, crop_pct: float) -> str:
+    """The log's words on the data (`dataset`: a DatasetSpec or a name) where they are not
+    the defaults (so a default run's lines read as before)."""
+    from utils.data.datasets import DEFAULT_DATASET
+    from utils.data.transforms import VAL_CROP_FRACTION
+    name = getattr(dataset, "name", dataset)
+    out = "" if name == DEFAULT_DATASET else f"; dataset {name}"
+    return out + ("" if crop_pct == VAL_CROP_FRACTION else f"; val crop {crop_pct:g}")
+
+
 def result_record(arch, space_cfg: SpaceConfig, info: dict, iters: int, best: dict,
-                  last_eval: dict, train_time) -> dict:
-    """What result.json holds: the best (as best.pth.tar holds it) and final accuracy."""
+                  last_eval: dict, train_time, data: dict | None = None) -> dict:
+    """What result.json holds: the best (as best.pth.tar holds it) and final accuracy,
+    and `data` (data_settings: what validation measured)."""
     return dict(arch=list(arch), config=space_cfg.to_dict(), **info, iters=iters,
                 best_acc_top1=best["top1"], best_acc_top5=best["top5"], best_iters=best["iters"],
                 final_acc_top1=last_eval.get("top1"), final_acc_top5=last_eval.get("top5"),
-                train_time=train_time)
+                train_time=train_time, **(data or {}))
 
 
 def report_finished(state: dict, path: str, best: dict | None = None) -> None:
@@ -102,14 +125,17 @@ def report_finished(state: dict, path: str, best: dict | None = None) -> None:
              f"{last.get('top5', float('nan')):.4f}")
 
 
-def fix_result(save_dir: str, state: dict, arch, space_cfg: SpaceConfig, best: dict) -> None:
+def fix_result(save_dir: str, state: dict, arch, space_cfg: SpaceConfig, best: dict,
+               data: dict | None = None) -> None:
     """A finished run's result.json, rewritten when it is missing or does not report what
-    best.pth.tar holds (a run killed between its last saves)."""
+    best.pth.tar holds (a run killed between its last saves). `data`: as result_record
+    (default: what the checkpoint's args record)."""
     path = os.path.join(save_dir, "result.json")
     want = result_record(arch, space_cfg,
                          dict(flops=state.get("flops"), params=state.get("params")),
                          int(state["iters"]), best, state.get("last_eval") or {},
-                         state.get("train_time"))
+                         state.get("train_time"),
+                         data if data is not None else data_settings(state.get("args") or {}))
     try:
         with open(path) as f:
             old = json.load(f)
@@ -124,4 +150,5 @@ def fix_result(save_dir: str, state: dict, arch, space_cfg: SpaceConfig, best: d
 
 
 __all__ = ["save_dir_of", "reconcile_best", "result_record", "report_finished", "fix_result",
+           "data_settings", "data_note",
            "SETTINGS_NAME", "EVAL_SETTINGS_NAME", "OUTPUT_FILES", "LOCK_NAME", "LOG_NAME"]

@@ -18,9 +18,11 @@ from utils.checkpoints import io as ckpt
 from utils.checkpoints.lock import OutputLock
 from utils.checkpoints.subnet import load_subnet_state
 from utils.cli.config_file import space_settings, write_settings
+from utils.data.datasets import DEFAULT_DATASET, get_dataset, recorded_dataset
 from utils.data.identity import check_resume_data, label_map, loader_fingerprint
 from utils.data.loaders import (DEFAULT_INPUT_FORMAT, DEFAULT_RESIZE_MODE, augment_kwargs,
                                 build_train_loader, build_val_loader)
+from utils.data.transforms import recorded_crop_pct
 from utils.dist import DistEnv, all_gather_objects, cleanup, collective_guard, describe, setup
 from utils.errors import UserError
 from utils.flops.table import load_table
@@ -29,11 +31,11 @@ from utils.spaces import SpaceConfig, get_space
 from utils.train.amp import Amp, resolve_channels_last
 from utils.train.config import RetrainConfig, resume_noted_fields
 from utils.train.loop import LoopSpec, note, train_model
-from utils.train.retrain_arch import choose_arch, count_class_dirs, describe_arch
+from utils.train.retrain_arch import choose_arch, describe_arch
 from utils.train.retrain_eval import evaluate_checkpoint
 from utils.train.retrain_outputs import (LOCK_NAME, LOG_NAME, OUTPUT_FILES, SETTINGS_NAME,
-                                         fix_result, reconcile_best, report_finished,
-                                         result_record, save_dir_of)
+                                         data_note, data_settings, fix_result, reconcile_best,
+                                         report_finished, result_record, save_dir_of)
 from utils.train.rng import seed_everything, set_rng_state
 from utils.train.state import check_run_settings, report_changed_hyper
 from utils.train.subnet import SubnetTask, SubnetTrainer
@@ -110,18 +112,21 @@ def run_retrain(config: RetrainConfig) -> int:
 
 def train_subnet(config: RetrainConfig, env: DistEnv) -> int:
     save_dir = save_dir_of(config)
-    for flag, value in (("--train_dir", config.train_dir), ("--test_dir", config.test_dir)):
-        if not value:
-            raise UserError(f"{flag} is required (an ImageFolder directory: "
-                            f"<root>/<class>/<image>)")
-    arch, space_cfg, source = choose_arch(config, count_class_dirs(config.train_dir))
-    space = get_space(space_cfg)
     ckpt_path, best_path = (os.path.join(save_dir, n)
                             for n in ("checkpoint.pth.tar", "best.pth.tar"))
     state = ckpt.load(ckpt_path) if os.path.exists(ckpt_path) else None
-    # Resuming without --input-format / --resize-mode keeps what the run was started with;
-    # one resize for training crops and validation, recorded in the checkpoint's args.
+    # Resuming without --dataset / --input-format / --resize-mode / --val-crop-pct keeps
+    # what the run was started with; one resize for training crops and validation; all
+    # recorded in the checkpoint's args.
     saved = (state or {}).get("args") or {}
+    config.resolve(dataset=config.dataset or recorded_dataset(saved, ckpt_path),
+                   val_crop_pct=(config.val_crop_pct if config.val_crop_pct is not None
+                                 else recorded_crop_pct(saved)))
+    spec = get_dataset(config.dataset)
+    for flag, value in (("--train_dir", config.train_dir), ("--test_dir", config.test_dir)):
+        spec.require_root(value, flag)
+    arch, space_cfg, source = choose_arch(config, spec.count_classes(config.train_dir))
+    space = get_space(space_cfg)
     config.input_format = config.input_format or saved.get("input_format") or \
         DEFAULT_INPUT_FORMAT
     config.resolve(resize_mode=config.resize_mode or saved.get("resize_mode")
@@ -129,14 +134,17 @@ def train_subnet(config: RetrainConfig, env: DistEnv) -> int:
     loader = build_train_loader(root=config.train_dir, input_size=space_cfg.input_size,
                                 batch_size=config.batch_size, env=env, workers=config.workers,
                                 seed=config.seed, input_format=config.input_format,
-                                classes=space_cfg.classes, **augment_kwargs(config.args))
+                                classes=space_cfg.classes, dataset=spec,
+                                **augment_kwargs(config.args))
     val_loader = build_val_loader(root=config.test_dir, input_size=space_cfg.input_size,
                                   batch_size_per_rank=loader.batch_size_per_rank, env=env,
                                   workers=config.workers, input_format=config.input_format,
-                                  classes=space_cfg.classes, resize_mode=config.resize_mode)
+                                  classes=space_cfg.classes, resize_mode=config.resize_mode,
+                                  dataset=spec, crop_pct=config.val_crop_pct)
     unknown = [c for c in val_loader.classes if c not in loader.classes]
     if unknown:
-        raise UserError(f"--test_dir has class folder '{unknown[0]}' that --train_dir lacks, "
+        kind = "class folder" if spec.name == DEFAULT_DATASET else "class"
+        raise UserError(f"--test_dir has {kind} '{unknown[0]}' that --train_dir lacks, "
                         f"so its images have no label")
     # ImageFolder numbers classes by sorted folder name: validation labels follow the
     # training folder's names (a subset of its classes is fine).
@@ -196,7 +204,8 @@ def train_subnet(config: RetrainConfig, env: DistEnv) -> int:
     _say(describe_arch(space, arch, space_cfg, source) + "\n"
          f"data: {len(loader.dataset)} training images, {loader.num_classes} classes, "
          f"{val_loader.num_samples} validation images (all {n_checked} checked to open); "
-         f"input {config.input_format}; resize {config.resize_mode}\n"
+         f"input {config.input_format}; resize {config.resize_mode}"
+         f"{data_note(spec, config.val_crop_pct)}\n"
          f"batch {config.batch_size} global, {loader.batch_size_per_rank} per process; "
          f"{spe} iterations/epoch; {describe(env)}; amp={config.amp}; "
          f"channels_last={channels_last}; dropout {config.dropout}\n"
@@ -236,7 +245,7 @@ def train_subnet(config: RetrainConfig, env: DistEnv) -> int:
         return result.exit_code
     best = task.best
     record = result_record(arch, space_cfg, info, result.it, best, task.last_eval,
-                           result.train_time)
+                           result.train_time, data_settings(config.args))
     if env.is_main:
         files.write_json_atomic(record, os.path.join(save_dir, "result.json"))
     log.info(f"finished {total} iterations ({result.done} in this run, "

@@ -51,6 +51,8 @@ def changed_run_settings(state: dict, config) -> list[str]:
             if old is None:  # recorded by no checkpoint of that age: nothing to compare
                 continue
         now = getattr(config, f.name)
+        if now is None and mark.get("if_missing") is not None:
+            now = mark["if_missing"]  # not set (not resolved yet): the default
         if old != now:
             diffs.append(f"{f.name}: {old} vs {now}")
     return diffs

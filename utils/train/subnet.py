@@ -19,6 +19,8 @@ validation, so that the distributed result is the one of the checkpoint rank 0 s
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.distributed as torch_dist
 from torch import nn
@@ -57,8 +59,14 @@ class SubnetTrainer(TrainerState):
         self.model: nn.Module = self.net
         if env.distributed:
             ids = [env.device.index] if env.device.type == "cuda" else None
+            # Each rank keeps its own BN running statistics (as the original), so buffers are
+            # not broadcast in forward. Newer PyTorch renames the switch and warns about the
+            # old name on every launch: use whichever this PyTorch has.
+            sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                    inspect.signature(nn.parallel.DistributedDataParallel).parameters
+                    else {"broadcast_buffers": False})
             self.model = nn.parallel.DistributedDataParallel(
-                self.net, device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True)
+                self.net, device_ids=ids, gradient_as_bucket_view=True, **sync)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, it: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Train iteration `it` (0-based); returns (loss, top-1 correct count) on the device."""

@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a BN-NAS supernet (indicator BNs only; --train-all for SPOS).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--train_dir", "--train-dir", dest="train_dir", default=None,
-                   help="ImageFolder training set (<dir>/<class>/<image>)")
+                   help="training set: an ImageFolder (<dir>/<class>/<image>), or the root "
+                        "--dataset takes")
     p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=batch_size_int,
                    default=512,
                    help="GLOBAL batch size, split evenly over the processes")
@@ -67,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-data-change", "--allow_data_change", dest="allow_data_change",
                    action="store_true",
                    help="resume although --train_dir is not the data the checkpoint was "
-                        "trained on (images added or removed; the class names must match)")
+                        "trained on (images added or removed; the class names and "
+                        "--dataset must match)")
     p.add_argument("--save-freq", "--save_freq", dest="save_freq", type=nonneg_int, default=0,
                    help="also save every N iterations (0: only at epoch ends and the end)")
     p.add_argument("--stop-after", "--stop_after", dest="stop_after", type=nonneg_int, default=0,

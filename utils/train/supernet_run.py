@@ -16,6 +16,7 @@ from utils.checkpoints import io as ckpt
 from utils.checkpoints.lock import OutputLock
 from utils.cli.common import UserError, config_from_args
 from utils.cli.config_file import settings_path_for, space_settings, write_settings
+from utils.data.datasets import DEFAULT_DATASET
 from utils.data.identity import check_resume_data, loader_fingerprint
 from utils.data.loaders import augment_kwargs, build_train_loader
 from utils.dist import DistEnv, broadcast_tensors, cleanup, collective_guard, describe, setup
@@ -35,6 +36,11 @@ log = get_logger(__name__)
 def describe_trainable(t: dict) -> str:
     bns = "the indicator BNs" if t["bn_params"] == "indicator" else "every BN"
     return bns + (" and the classifier" if t["train_classifier"] else "")
+
+
+def _dataset_note(spec) -> str:
+    """" (--dataset NAME)" in the data line, for datasets other than the default."""
+    return "" if spec.name == DEFAULT_DATASET else f" (--dataset {spec.name})"
 
 
 def check_resume(state: dict, path: str, space_cfg: SpaceConfig, config: SupernetConfig,
@@ -85,7 +91,8 @@ def train_supernet(config: SupernetConfig, env: DistEnv) -> int:
     loader = build_train_loader(root=config.train_dir, input_size=config.input_size,
                                 batch_size=config.batch_size, env=env, workers=config.workers,
                                 seed=config.seed, input_format=config.input_format,
-                                classes=config.classes, **augment_kwargs(config.args))
+                                classes=config.classes, dataset=config.dataset,
+                                **augment_kwargs(config.args))
     space_cfg = config_from_args(config, classes=loader.num_classes)
     space = get_space(space_cfg)
     config = config.resolved(steps_per_epoch=loader.steps_per_epoch)
@@ -137,7 +144,8 @@ def train_supernet(config: SupernetConfig, env: DistEnv) -> int:
     log.info(f"supernet: {space_cfg.describe()}\n"
              f"mode: {mode}; {n_train:,} trainable of "
              f"{sum(p.numel() for p in net.parameters()):,} parameters\n"
-             f"data: {num_samples} images, {loader.num_classes} classes, "
+             f"data: {num_samples} images{_dataset_note(loader.spec)}, "
+             f"{loader.num_classes} classes, "
              f"{spe} iterations/epoch, batch {config.batch_size} "
              f"({loader.batch_size_per_rank}/process); {describe(env)}; amp={config.amp}; "
              f"channels_last={channels_last}\n"
