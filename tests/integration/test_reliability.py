@@ -68,7 +68,7 @@ ARCH = [3, -1, 0, 4, 0, -1, -1, 0, 4, -1, 4, 4, 1, 4, 2, 0, 0, 4, 0, 2, 2]  # th
 SCRIPTS = dict(supernet="supernet.main", retrain="retrain.train_from_scratch",
                ea="search.ea", eval="search.eval", demo="tools.run_demo",
                ranking="tools.ranking_study", holdout="tools.make_holdout_split",
-               flops="utils.flops.table", demo_data="utils.data.demo")
+               flops="tools.flops", demo_data="tools.demo_data")
 
 
 def script(name: str):

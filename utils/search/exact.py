@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from utils.search.pareto import pareto_front, pareto_front_3d
-from utils.spaces import SKIP
+from utils.spaces import column_ops, op_columns
 
 
 @dataclass(frozen=True)
@@ -111,11 +111,11 @@ def solve(score: np.ndarray, flops: np.ndarray, allowed: np.ndarray, flops_limit
     k = best
     for i in range(n_layers - 1, -1, -1):
         col = int(choices[i][k])
-        arch[i] = SKIP if col == n_cols - 1 else col
+        arch[i] = int(column_ops(col, n_cols))
         k = int(parents[i][k])
     total_p = None
     if params is not None:
-        total_p = int(base_params + params[np.arange(n_layers), arch].sum())
+        total_p = int(base_params + params[np.arange(n_layers), op_columns(arch, n_cols)].sum())
     return ExactResult(arch=tuple(arch), score=float(fr_s[best]),
                        flops=int(base_flops + fr_f[best]), params=total_p,
                        seconds=time.perf_counter() - t0, max_front=max_front)
@@ -139,5 +139,5 @@ def brute_force(score: np.ndarray, flops: np.ndarray, allowed: np.ndarray, flops
     s = score[rows, combos].sum(axis=1)
     s = np.where(ok, s, -np.inf)
     k = int(np.argmax(s))
-    arch = tuple(SKIP if c == n_cols - 1 else int(c) for c in combos[k])
+    arch = tuple(int(c) for c in column_ops(combos[k], n_cols))
     return arch, float(s[k])

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.spaces import SearchSpace, Supernet
+from utils.spaces import SearchSpace, Supernet, op_columns
 
 
 def indicator_matrix(space: SearchSpace, supernet: Supernet | Mapping[str, torch.Tensor]) -> np.ndarray:
@@ -37,7 +37,7 @@ def indicator_matrix(space: SearchSpace, supernet: Supernet | Mapping[str, torch
 
 def score(matrix: np.ndarray, archs) -> np.ndarray | float:
     """BN-indicator score of one architecture (float) or of a [N, layers] batch."""
-    a = np.asarray(archs, dtype=np.int64)
+    a = op_columns(archs, matrix.shape[1])
     if a.ndim == 1:
         return float(matrix[np.arange(a.shape[0]), a].sum())
     return matrix[np.arange(a.shape[1]), a].sum(axis=1)
