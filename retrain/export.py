@@ -23,6 +23,7 @@ from utils.cli.common import (ArgumentParser, add_space_args, finite_float, int_
                        seed_int)
 from utils.cli.config_file import add_config_arg
 from utils.checkpoints.subnet import unset_space_defaults
+from utils.logs import get_logger
 from utils.plugins import add_plugin_arg, load_plugins_from_argv
 
 
@@ -62,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_config_arg(p, "retrain/export.py")
     return p.parse_args(argv)
 
+log = get_logger("export")
+
 
 @main_guard
 def main(argv: list[str] | None = None) -> int:
@@ -76,15 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     what = (f"{loaded.kind} checkpoint {loaded.checkpoint}" if loaded.checkpoint else
             "random init (no --checkpoint)")
     from utils.train.retrain_outputs import data_note
-    print(f"architecture: {loaded.space.format(loaded.arch)} ({loaded.arch_source})\n"
-          f"space: {loaded.config.describe()}\nweights: {what}; input {loaded.input_format}"
-          f"{data_note(loaded.dataset, loaded.crop_pct)}", flush=True)
+    log.info(f"architecture: {loaded.space.format(loaded.arch)} ({loaded.arch_source})\n"
+             f"space: {loaded.config.describe()}\nweights: {what}; input {loaded.input_format}"
+             f"{data_note(loaded.dataset, loaded.crop_pct)}")
     report = export_subnet(loaded, args.out, batch=args.batch, seed=args.seed,
                            atol=args.atol, opset=args.opset)
     card = report.card
-    print(f"FLOPs {card['flops'] / 1e6:.2f}M, params {card['params'] / 1e6:.2f}M; "
-          f"wrote {', '.join(os.path.join(report.out_dir, f) for f in report.files)}",
-          flush=True)
+    log.info(f"FLOPs {card['flops'] / 1e6:.2f}M, params {card['params'] / 1e6:.2f}M; "
+             f"wrote {', '.join(os.path.join(report.out_dir, f) for f in report.files)}")
     return 0
 
 
