@@ -55,7 +55,7 @@ TYPES = {
     "subnets_under": _COUNT, "subnets_over": _COUNT, "pilot_every": positive_int,
     "tau_target": finite_float(-1.0, 1.0), "subnet_iters": positive_int,
     "subnet_batch": batch_size_int, "subnet_lr": nonneg_float, "subnet_dropout": fraction,
-    "truth_seeds": int_range(1, 1000), "flops_limit": finite_float(0.0, lo_open=True),
+    "truth_seeds": int_range(1, 1000), "truth_hours": finite_float(0.0, lo_open=True), "flops_limit": finite_float(0.0, lo_open=True),
     "spos_bn_batches": positive_int, "spos_batch": batch_size_int,
     "spos_val_images": positive_int, "proxy_batch": batch_size_int, "seed": seed_int,
 }
@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(g, "subnet-lr")
     _setting(g, "subnet-dropout")
     _setting(g, "truth-seeds", help="trainings per subnet (seeds --seed, --seed+1, ...)")
+    _setting(g, "truth-hours", help="training hours the ground truth may cost when no pilot "
+                                    "budget reaches --tau-target: the most repeatable budget "
+                                    "that fits is chosen")
     _setting(g, "flops-limit", type=lambda v: parse_limit(v, "flops").millions,
              help="MFLOPs; a number >= 1e5 is multiply-adds, as in search/ea.py (default: "
                   "the search's default limit for this config)")

@@ -367,6 +367,20 @@ def test_seed_agreement_and_budget_choice():
     it, why = choose_budget([budget(100, 0.3), budget(300, None), budget(900, 0.5)], 0.6)
     assert it == 900 and "no pilot budget reached" in why
 
+    def costed(iters, tau, seconds):  # 20 pilot trainings done at each budget
+        return dict(budget(iters, tau), seconds_per_training=seconds, trainings=20)
+
+    pilot = [costed(250, 0.27, 300), costed(750, 0.07, 600), costed(2000, 0.40, 1500)]
+    # 60 trainings, 40 left: 2000 costs 40 * 1500 s = 16.7 h, 750 6.7 h, 250 3.3 h
+    it, why = choose_budget(pilot, 0.6, trainings=60, hours=20)
+    assert it == 2000 and "most repeatable" in why
+    it, why = choose_budget(pilot, 0.6, trainings=60, hours=10)
+    assert it == 250 and "most repeatable" in why  # 750 fits too, but repeats less
+    it, why = choose_budget(pilot, 0.6, trainings=60, hours=1)
+    assert it == 250 and "none fits" in why
+    # reaching the target still wins, whatever it costs
+    assert choose_budget(pilot + [costed(4000, 0.7, 9000)], 0.6, trainings=60, hours=1)[0] == 4000
+
 
 def _stats(**taus) -> dict:
     return {name: dict(tau=t, tau_ci=list(ci)) for name, (t, ci) in taus.items()}

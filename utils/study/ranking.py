@@ -101,6 +101,9 @@ class StudySettings:
     pilot_budgets: str = "250,750,2000"  # iterations at --subnet-batch
     tau_target: float = 0.6
     subnet_iters: int | None = None  # None: chosen by the pilot
+    # What the ground truth may cost when no pilot budget reaches tau_target: training
+    # hours summed over its trainings (the pilot's own trainings are reused, not counted).
+    truth_hours: float = 6.0
     subnet_batch: int = 128
     subnet_lr: float = 0.1
     subnet_dropout: float = 0.0
@@ -459,17 +462,40 @@ def _fmt_tau(agreement: dict | None) -> str:
     return "n/a" if not agreement or agreement["tau"] is None else f"{agreement['tau']:+.2f}"
 
 
-def choose_budget(pilot: list[dict], target: float) -> tuple[int, str]:
-    """The cheapest pilot budget whose seed-to-seed tau reaches `target`, else the largest."""
+def choose_budget(pilot: list[dict], target: float, trainings: int | None = None,
+                  hours: float | None = None) -> tuple[int, str]:
+    """The ground truth's training budget from the pilot.
+
+    The cheapest budget whose seed-to-seed tau reaches `target`. If none does and the cost
+    is known (`trainings` in the ground truth, each pilot entry's seconds_per_training and
+    the number it already ran), the most repeatable budget (highest tau) whose remaining
+    trainings fit in `hours`; if none fits, the cheapest. Without costs: the largest.
+    """
     ok = [p for p in pilot if p["agreement"] and p["agreement"]["tau"] is not None
           and p["agreement"]["tau"] >= target]
     if ok:
         best = min(ok, key=lambda p: p["iters"])
         return best["iters"], (f"the cheapest pilot budget whose seed-to-seed tau "
                                f"({best['agreement']['tau']:+.2f}) reaches {target}")
-    best = max(pilot, key=lambda p: p["iters"])
-    return best["iters"], (f"no pilot budget reached seed-to-seed tau {target}: the largest "
-                           f"tried")
+    if trainings is None or hours is None or any("seconds_per_training" not in p for p in pilot):
+        best = max(pilot, key=lambda p: p["iters"])
+        return best["iters"], (f"no pilot budget reached seed-to-seed tau {target}: the "
+                               f"largest tried")
+
+    def hours_left(p):
+        return max(0, trainings - int(p.get("trainings", 0))) * p["seconds_per_training"] / 3600
+
+    measured = [p for p in pilot if p["agreement"] and p["agreement"]["tau"] is not None]
+    fits = [p for p in measured if hours_left(p) <= hours]
+    if fits:
+        best = max(fits, key=lambda p: (p["agreement"]["tau"], -p["iters"]))
+        return best["iters"], (
+            f"no pilot budget reached seed-to-seed tau {target}; the most repeatable one "
+            f"(tau {best['agreement']['tau']:+.2f}) whose remaining trainings fit in "
+            f"--truth-hours {hours:g} (~{hours_left(best):.1f} h)")
+    best = min(pilot, key=lambda p: p["iters"])
+    return best["iters"], (f"no pilot budget reached seed-to-seed tau {target} and none "
+                           f"fits in --truth-hours {hours:g}: the cheapest")
 
 
 # ---- stage 5: supernets ---------------------------------------------------------------
@@ -805,7 +831,8 @@ def run_study(s: StudySettings, opts: RunOptions) -> dict:
     try:
         # Priority by submission order: the pilot's first budget, then the BN-only supernet
         # (whether it leaves chance is the other precondition), then the rest of the pilot
-        # (it decides the ground truth's budget), then the SPOS supernet.
+        # (it decides the ground truth's budget), then the SPOS supernet and the ablation
+        # supernets (they do not depend on the budget), then the ground truth.
         tried = [s.subnet_iters] if s.subnet_iters else budgets
         pilot_jobs, sup_jobs = {}, {}
         for j, b in enumerate(tried):
@@ -818,6 +845,8 @@ def run_study(s: StudySettings, opts: RunOptions) -> dict:
                                                timing)
         sup_jobs["spos"] = submit(train_supernet, "spos", s, data, cfg, opts, timing,
                                   spos_scoring)
+        for m in modes[1:]:
+            sup_jobs[m] = submit(train_supernet, m, s, data, cfg, opts, timing)
         pilot = []
         for b in ([s.subnet_iters] if s.subnet_iters else budgets):
             per_seed = np.array([[pilot_jobs[(b, k, sd)].result()["top1"] for sd in seeds]
@@ -828,20 +857,19 @@ def run_study(s: StudySettings, opts: RunOptions) -> dict:
                               agreement=seed_agreement(per_seed, opts.bootstrap, s.seed),
                               mean_top1=float(per_seed.mean()),
                               seconds_per_training=cost / per_seed.size,
-                              subnets=len(archs["pilot"])))
+                              subnets=len(archs["pilot"]), trainings=int(per_seed.size)))
             log(f"pilot at {b} iterations: seed-to-seed tau "
                 f"{_fmt_tau(pilot[-1]['agreement'])}, mean top-1 "
                 f"{per_seed.mean():.2f}%, {pilot[-1]['seconds_per_training']:.0f}s a training")
         if s.subnet_iters:
             iters, why = s.subnet_iters, "--subnet-iters"
         else:
-            iters, why = choose_budget(pilot, s.tau_target)
+            iters, why = choose_budget(pilot, s.tau_target, trainings=n * len(seeds),
+                                       hours=s.truth_hours)
         log(f"ground-truth budget: {iters} iterations ({why})")
         truth_jobs = {(k, sd): submit(train_subnet, s, data, cfg, archs["archs"][k], sd,
                                       iters, opts, timing)
                       for sd in seeds for k in range(n)}
-        for m in modes[1:]:
-            sup_jobs[m] = submit(train_supernet, m, s, data, cfg, opts, timing)
         for f in futures:
             f.result()
     except BaseException as e:
