@@ -226,6 +226,7 @@ def test_quick_study_runs_resumes_on_a_fresh_machine_and_reports(tmp_path, learn
         assert sv["snapshots"] == [3, 6] and math.isfinite(sv["final_loss"])
         assert sv["chance_loss"] == pytest.approx(math.log(4)) and sv["curve"]
     assert rep["conclusion"]["rule"] and set(rep["conclusion"]["strata"]) == set(rep["strata"])
+    assert rep["not_used"] == dict(trainings=[], supernets=[])  # every result on record used
     assert all(c["verdict"] for c in rep["conclusion"]["strata"].values())
     for name in rep["plots"]:
         _check_png(os.path.join(report, name))

@@ -386,6 +386,16 @@ def _plot_pilot(report: dict, path: str) -> str:
         for p, xi, vi in zip(pts, x, v):
             ax.annotate(f"{p['iters']} it, {p['mean_top1']:.1f}%", (xi, vi), fontsize=8,
                         xytext=(4, -12), textcoords="offset points")
+    # The full ground truth measures the same agreement on every subnet at its budget.
+    gt = report.get("ground_truth", {})
+    ag = gt.get("agreement")
+    if ag and ag.get("tau") is not None:
+        lo, hi = (np.nan if v is None else v for v in ag["tau_ci"])
+        ax.errorbar([gt["seconds_per_training"]], [ag["tau"]],
+                    yerr=[[np.nan_to_num(ag["tau"] - lo)], [np.nan_to_num(hi - ag["tau"])]],
+                    fmt="s", color="tab:green", capsize=3,
+                    label=f"ground truth: {len(report.get('subnets', []))} subnets, "
+                          f"{gt['iters']} it")
     ax.axhline(report["pilot"]["target"], color="tab:red", ls="--", lw=1,
                label=f"target {report['pilot']['target']}")
     ax.set_xlabel("seconds per training (one thread)")
