@@ -155,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data loader processes per stage")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
                    help="device of every stage (one process each)")
+    g.add_argument("--report-now", action="store_true",
+                   help="train nothing: report from the results on record (a supernet short "
+                        "of its last snapshot is reported as far as it got, marked "
+                        "unfinished; the pilot and the ground truth must be complete)")
     return p
 
 
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("--bootstrap, --threads and --parallel must be >= 1, --workers >= 0")
     opts = RunOptions(out=args.out, report_dir=args.report_dir or os.path.join(args.out, "report"),
                       parallel=args.parallel, threads=args.threads, workers=args.workers,
-                      bootstrap=bootstrap, device=args.device,
+                      bootstrap=bootstrap, device=args.device, report_now=args.report_now,
                       log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True))
     t0 = time.perf_counter()
     report = run_study(settings, opts)
@@ -199,7 +203,10 @@ def main(argv: list[str] | None = None) -> None:
              f"{ag['tau_ci'][1]:+.2f}]" if ag and ag["tau"] is not None else ""))
     for name, sv in report["supernets"].items():
         loss = "n/a" if sv["final_loss"] is None else f"{sv['final_loss']:.3f}"
-        print(f"supernet {name}: final training loss {loss} (chance {sv['chance_loss']:.3f})")
+        short = "" if sv["finished"] else (f", unfinished: {sv['trained_iters']} of "
+                                           f"{sv['planned_snapshots'][-1]} iterations")
+        print(f"supernet {name}: final training loss {loss} (chance {sv['chance_loss']:.3f})"
+              f"{short}")
     for stratum, c in report["conclusion"]["strata"].items():
         print(f"conclusion ({stratum}): {c['verdict']}: {c['why']}")
     print(f"stages took {report['timing']['total_seconds']:.0f}s in all, this invocation "

@@ -247,6 +247,43 @@ def test_quick_study_runs_resumes_on_a_fresh_machine_and_reports(tmp_path, learn
         rep2 = json.load(f)
     assert rep2["subnets"] == rep["subnets"] and rep2["strata"] == rep["strata"]
     assert rep2["predictor_scores"].keys() == rep["predictor_scores"].keys()
+    assert all(sv["finished"] for sv in rep2["supernets"].values())
+
+    # --report-now trains nothing: BN-only runs planned to 9 iterations that have reached
+    # (on record) their snapshots at 3 and 6 are reported there, marked unfinished.
+    longer = dataclasses.replace(StudySettings(**rep["settings"]), bn_snapshots="3,6,9")
+    data_id = dict(id=dict(root=os.path.abspath(learnable),
+                           holdout_per_class=rep["settings"]["holdout_per_class"]))
+    for mode, name in (("indicator", "bn-indicator"), ("all", "bn-all")):
+        old = os.path.join(report, "supernets",
+                           f"{name}-{supernet_key(StudySettings(**rep['settings']), data_id, rep['config'], mode)}")
+        new = os.path.join(report, "supernets",
+                           f"{name}-{supernet_key(longer, data_id, rep['config'], mode)}")
+        assert os.path.isdir(old) and not os.path.exists(new)
+        os.makedirs(new)
+        for it in (3, 6):
+            shutil.copy(os.path.join(old, f"iter_{it:06d}.json"), new)
+    now = _study(out, learnable, "--bn-snapshots", "3,6,9", "--report-now", report=report)
+    assert now.returncode == 0, now.stdout[-3000:] + now.stderr[-2000:]
+    for word in ("subnet ", "supernet BN-only", "supernet SPOS", "SPOS scoring"):
+        assert word not in now.stdout, word
+    assert "supernet bn-all: unfinished, reported at 2 of 3 snapshots" in now.stdout
+    with open(os.path.join(report, "ranking.json")) as f:
+        rep3 = json.load(f)
+    for name in ("bn-indicator", "bn-all"):
+        sv = rep3["supernets"][name]
+        assert (sv["finished"], sv["snapshots"], sv["planned_snapshots"], sv["trained_iters"]) \
+            == (False, [3, 6], [3, 6, 9], 6)
+    assert rep3["supernets"]["spos"]["finished"] is True
+    assert set(rep3["predictor_scores"]) == PREDICTORS
+    assert rep3["predictor_scores"]["bn_indicator[all]@6"]["scores"] == \
+        rep["predictor_scores"]["bn_indicator[all]@6"]["scores"]
+    assert rep3["subnets"] == rep["subnets"]
+    # ... and refuses, in one line, when the ground truth is not on record
+    missing = _study(out, learnable, "--subnet-iters", "7", "--report-now", report=report)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert missing.stderr.startswith("error: --report-now: training ")
+    assert "is not on record; the ground truth and the pilot must be complete" in missing.stderr
 
 
 def test_stage_keys_depend_on_exactly_their_settings():

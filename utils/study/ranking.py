@@ -186,6 +186,10 @@ class RunOptions:
     device: str = "cpu"  # for every stage: cpu, cuda or auto
     python: str = sys.executable
     log: Callable[[str], None] = print
+    # Train nothing: report from the results on record. A supernet still short of its last
+    # snapshot is reported at the snapshots it reached (marked unfinished); the ground
+    # truth and the pilot must be complete.
+    report_now: bool = False
 
 
 # ---- child processes ------------------------------------------------------------------
@@ -415,6 +419,9 @@ def train_subnet(s: StudySettings, data: dict, cfg, arch, seed: int, iters: int,
     cached = _read_json(path)
     if cached is not None:
         return cached
+    if opts.report_now:
+        raise UserError(f"--report-now: training {aid} (seed {seed}, {iters} iterations) is "
+                        f"not on record; the ground truth and the pilot must be complete")
     folder = os.path.join(opts.out, "truth", key)
     name = f"{aid}-s{seed}"
     cmd = [opts.python, os.path.join(REPO_ROOT, "retrain", "train_from_scratch.py"),
@@ -580,6 +587,9 @@ def train_supernet(mode: str, s: StudySettings, data: dict, cfg, opts: RunOption
     if summary is not None and summary.get("snapshots") == snaps and all(map(recorded, snaps)):
         return summary
     lr = s.spos_lr if mode == "spos" else s.bn_lr
+    if opts.report_now:
+        return _unfinished_supernet(name, mode, key, snaps, [it for it in snaps if recorded(it)],
+                                    lr, s, opts, timing)
     work = os.path.join(opts.out, "supernets", f"{name}-{key}")
     live = os.path.join(work, "checkpoint.pth.tar")
     cmd = [opts.python, os.path.join(REPO_ROOT, "supernet", "main.py"),
@@ -621,6 +631,33 @@ def train_supernet(mode: str, s: StudySettings, data: dict, cfg, opts: RunOption
                    seconds=round(timing.data.get(f"supernet-{name}-{key}", 0.0), 1))
     files.write_json_atomic(summary, summary_path)
     return summary
+
+
+def _unfinished_supernet(name: str, mode: str, key: str, planned: list[int],
+                         reached: list[int], lr: float, s: StudySettings, opts: RunOptions,
+                         timing: Timing) -> dict:
+    """--report-now: a supernet run short of its last snapshot, as far as it is on record.
+    Its loss curve comes from the live run's metrics (on this machine) when they exist."""
+    from utils.train.meters import metrics_path_for
+    if not reached:
+        raise UserError(f"--report-now: supernet {name} has no snapshot on record yet (its "
+                        f"first is at iteration {planned[0]})")
+    live = os.path.join(opts.out, "supernets", f"{name}-{key}", "checkpoint.pth.tar")
+    progress_path = os.path.join(supernet_folder(opts.report_dir, name, key), "progress.json")
+    if os.path.exists(live):
+        done = int(ckpt.load(live)["iter"])
+        curve = [r for r in supernet_curve(metrics_path_for(live)) if r["iter"] <= done]
+        # committed, so a report on a fresh machine (no live run) shows the same curve
+        files.write_json_atomic(dict(trained_iters=done, curve=curve), progress_path)
+    else:
+        progress = _read_json(progress_path) or dict(trained_iters=reached[-1], curve=[])
+        done, curve = int(progress["trained_iters"]), progress["curve"]
+    opts.log(f"supernet {name}: unfinished, reported at {len(reached)} of {len(planned)} "
+             f"snapshots (trained {done} of {planned[-1]} iterations)")
+    return dict(name=name, mode=mode, key=key, snapshots=reached, planned_snapshots=planned,
+                finished=False, trained_iters=done, lr=lr, batch=s.supernet_batch,
+                curve=curve,
+                seconds=round(timing.data.get(f"supernet-{name}-{key}", 0.0), 1))
 
 
 def final_loss(curve: list[dict], window: int = 4) -> float | None:
@@ -874,8 +911,8 @@ def run_study(s: StudySettings, opts: RunOptions) -> dict:
     try:
         # Priority by submission order: the pilot's first budget, then the BN-only supernet
         # (whether it leaves chance is the other precondition), then the rest of the pilot
-        # (it decides the ground truth's budget), then the SPOS supernet and the ablation
-        # supernets (they do not depend on the budget), then the ground truth.
+        # (it decides the ground truth's budget), then the SPOS supernet (it does not depend
+        # on the budget), then the ground truth, then the ablation supernets.
         tried = [s.subnet_iters] if s.subnet_iters else budgets
         pilot_jobs, sup_jobs = {}, {}
         for j, b in enumerate(tried):
@@ -888,8 +925,6 @@ def run_study(s: StudySettings, opts: RunOptions) -> dict:
                                                timing)
         sup_jobs["spos"] = submit(train_supernet, "spos", s, data, cfg, opts, timing,
                                   spos_scoring)
-        for m in modes[1:]:
-            sup_jobs[m] = submit(train_supernet, m, s, data, cfg, opts, timing)
         pilot = []
         for b in ([s.subnet_iters] if s.subnet_iters else budgets):
             per_seed = np.array([[pilot_jobs[(b, k, sd)].result()["top1"] for sd in seeds]
@@ -913,6 +948,10 @@ def run_study(s: StudySettings, opts: RunOptions) -> dict:
         truth_jobs = {(k, sd): submit(train_subnet, s, data, cfg, archs["archs"][k], sd,
                                       iters, opts, timing)
                       for sd in seeds for k in range(n)}
+        # The ablations last: the report needs the ground truth, and an ablation is the one
+        # part that --report-now can report unfinished.
+        for m in modes[1:]:
+            sup_jobs[m] = submit(train_supernet, m, s, data, cfg, opts, timing)
         for f in futures:
             f.result()
     except BaseException as e:
@@ -1022,6 +1061,11 @@ def run_study(s: StudySettings, opts: RunOptions) -> dict:
                           min=float(truth.min()), max=float(truth.max()),
                           mean=float(truth.mean()), std=float(truth.std())),
         supernets={supernet_name(m): dict(mode=m, snapshots=sv["snapshots"], lr=sv["lr"],
+                                          finished=sv.get("finished", True),
+                                          planned_snapshots=sv.get("planned_snapshots",
+                                                                   sv["snapshots"]),
+                                          trained_iters=sv.get("trained_iters",
+                                                               sv["snapshots"][-1]),
                                           batch=sv["batch"], final_loss=losses[m],
                                           chance_loss=chance, curve=sv["curve"],
                                           seconds=sv["seconds"])
