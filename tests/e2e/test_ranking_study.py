@@ -23,7 +23,7 @@ from utils.flops.table import load_table
 from utils.study.stats import (average_ranks, bootstrap_indices, correlate, interval,
                            kendall_tau, paired_difference, spearman_rho)
 from utils.study.ranking import (RunOptions, StudySettings, StudyStopped, budget_key,
-                                 choose_budget, conclude, rank_statistics, run_stage,
+                                 Timing, choose_budget, conclude, rank_statistics, run_stage,
                                  seed_agreement, spos_scores_key, stop_all, supernet_key)
 from utils.flops.limits import cost_range, default_flops_limit
 from utils.spaces import get_space, make_config
@@ -368,12 +368,13 @@ def test_stopping_the_study_lets_each_stage_save(tmp_path):
              f"open({str(tmp_path / 'ready')!r}, 'w').close()\n"
              "time.sleep(60)\n")
     opts = RunOptions(out=str(tmp_path), report_dir=str(tmp_path))
+    timing = Timing(str(tmp_path / "timing.json"))
     result = {}
 
     def runner():
         try:
             run_stage("toy", [sys.executable, "-c", child], str(tmp_path),
-                      str(tmp_path / "toy.log"), opts)
+                      str(tmp_path / "toy.log"), opts, timing, "stage-toy")
         except StudyStopped:
             result["stopped"] = True
 
@@ -385,6 +386,9 @@ def test_stopping_the_study_lets_each_stage_save(tmp_path):
     stop_all(wait=30)
     t.join(30)
     assert result == {"stopped": True} and marker.read_text() == "ok"
+    # the stopped stage's seconds are in the study's account, on disk
+    with open(tmp_path / "timing.json") as f:
+        assert set(json.load(f)) == {"stage-toy"} and timing.data["stage-toy"] > 0
     with pytest.raises(StudyStopped):  # nothing new starts once stopped
         run_stage("late", [sys.executable, "-c", "pass"], str(tmp_path),
                   str(tmp_path / "late.log"), opts)

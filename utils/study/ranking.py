@@ -223,8 +223,11 @@ class StudyStopped(Exception):
     """The study was asked to stop (Ctrl-C / SIGTERM); every stage saved its state."""
 
 
-def run_stage(name: str, cmd: list[str], cwd: str, log_path: str, opts: RunOptions) -> float:
-    """Run one stage's CLI with its output appended to `log_path`; seconds taken."""
+def run_stage(name: str, cmd: list[str], cwd: str, log_path: str, opts: RunOptions,
+              timing: "Timing | None" = None, timing_key: str | None = None) -> float:
+    """Run one stage's CLI with its output appended to `log_path`; seconds taken. With
+    `timing`, the seconds are added under `timing_key` even when the stage was stopped or
+    failed: the study's total counts every second it spent."""
     if _STOP.is_set():
         raise StudyStopped()
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
@@ -247,6 +250,8 @@ def run_stage(name: str, cmd: list[str], cwd: str, log_path: str, opts: RunOptio
         finally:
             with _LIVE_LOCK:
                 _LIVE.discard(proc)
+            if timing is not None:
+                timing.add(timing_key or name, time.perf_counter() - t0)
     if _STOP.is_set():
         raise StudyStopped()
     if rc != 0:
@@ -433,8 +438,7 @@ def train_subnet(s: StudySettings, data: dict, cfg, arch, seed: int, iters: int,
            "--report_freq", str(max(1, iters // 4)), "--eval-freq", str(iters),
            "--device", opts.device, "--dropout", str(s.subnet_dropout), *s.augment_flags()]
     sec = run_stage(f"subnet {name}", cmd, folder, os.path.join(folder, "logs", f"{name}.log"),
-                    opts)
-    timing.add(f"truth-{key}", sec)
+                    opts, timing, f"truth-{key}")
     with open(os.path.join(folder, f"eval-{name}", "result.json")) as f:
         r = json.load(f)
     if [int(v) for v in r["arch"]] != [int(v) for v in arch]:
@@ -614,9 +618,9 @@ def train_supernet(mode: str, s: StudySettings, data: dict, cfg, opts: RunOption
                                 f"supernet")
             if done < it:
                 opts.log(f"supernet {label}: iterations {done}..{it} of {total} ...")
-                sec = run_stage(f"supernet {label}", cmd + ["--stop-after", str(it - done)],
-                                work, os.path.join(work, "stage.log"), opts)
-                timing.add(f"supernet-{name}-{key}", sec)
+                run_stage(f"supernet {label}", cmd + ["--stop-after", str(it - done)],
+                          work, os.path.join(work, "stage.log"), opts, timing,
+                          f"supernet-{name}-{key}")
             state = ckpt.load(live)
             ckpt.save_atomic({k: state[k] for k in SNAPSHOT_KEYS if k in state}, snap)
         record_path = os.path.join(folder, f"iter_{it:06d}.json")
