@@ -815,7 +815,6 @@ def runs_on_record(report_dir: str, used_truth: set[str], used_supernets: set[st
     return dict(trainings=trainings, supernets=stopped)
 
 
-
 def rank_statistics(truth: np.ndarray, predictors: dict[str, dict], resamples: int,
                     seed: int, level: float = 0.95) -> dict[str, dict]:
     """tau/rho with intervals for each predictor, plus tau minus the FLOPs baseline's."""
